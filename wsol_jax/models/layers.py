@@ -1,0 +1,85 @@
+"""Layers whose exact PyTorch semantics the official code relies on.
+
+* ``BatchNorm``: PyTorch's ``nn.BatchNorm{1,2}d`` — batch statistics with the
+  biased variance for normalisation, the *unbiased* variance for the running
+  estimate, momentum 0.1 (Flax's ``nn.BatchNorm`` uses the biased one).
+* ``torch_uniform_init``: PyTorch's default ``Conv``/``Linear`` initialisation,
+  U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias (kaiming-uniform, a=sqrt(5)).
+* ``trunc_normal_init``: timm's ``trunc_normal_(std=.02)`` (truncated at ±2 absolute).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def torch_uniform_init(fan_in: int):
+  """PyTorch default init for conv/linear weights and biases: U(±1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def trunc_normal_init(std: float = 0.02):
+  """timm ``trunc_normal_(std)``: N(0, std) truncated to [-2, 2] (absolute bounds)."""
+
+  def init(key, shape, dtype=jnp.float32):
+    lo, hi = -2.0 / std, 2.0 / std
+    return std * jax.random.truncated_normal(key, lo, hi, shape, dtype)
+
+  return init
+
+
+def kaiming_normal_fan_out(key, shape, dtype=jnp.float32):
+  """``nn.init.kaiming_normal_(mode='fan_out', nonlinearity='relu')`` for HWIO kernels."""
+  receptive = math.prod(shape[:-2])
+  fan_out = receptive * shape[-1]
+  return jnp.sqrt(2.0 / fan_out) * jax.random.normal(key, shape, dtype)
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm over the last (feature) axis with PyTorch's statistics.
+
+  Attributes:
+    momentum: PyTorch momentum (weight of the new batch statistics), 0.1 by default.
+    epsilon: added to the variance, 1e-5 as in PyTorch.
+    zero_init: initialise the scale to zero (timm's zero-init of the last BN in a block).
+    reduce_axes: axes to reduce over; default: every axis except the last.
+
+  Parameters are ``scale``/``bias``; running statistics live in the ``batch_stats``
+  collection as ``mean``/``var`` (PyTorch ``running_mean``/``running_var``).
+  """
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+  zero_init: bool = False
+  reduce_axes: Sequence[int] | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    features = x.shape[-1]
+    scale = self.param("scale", nn.initializers.zeros if self.zero_init else nn.initializers.ones,
+                       (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+    if train:
+      axes = tuple(range(x.ndim - 1)) if self.reduce_axes is None else tuple(self.reduce_axes)
+      xf = x.astype(jnp.float32)
+      mean = jnp.mean(xf, axis=axes)
+      var = jnp.mean(jnp.square(xf - mean), axis=axes)
+      if not self.is_initializing():
+        n = math.prod(x.shape[a] for a in axes)
+        unbiased = var * (n / max(n - 1, 1))
+        ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
+        ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    inv = jax.lax.rsqrt(var + self.epsilon) * scale
+    return ((x - mean.astype(x.dtype)) * inv.astype(x.dtype) + bias.astype(x.dtype)).astype(x.dtype)

@@ -1,0 +1,94 @@
+"""Pretrained model directories: an Orbax checkpoint of the variables plus JSON metadata.
+
+Layout of a directory written by ``weights_convert`` (or exported by the trainer)::
+
+    DIR/wsol_model.json   model name, family, constructor kwargs, num_classes,
+                          mean/std, method, source (file, sha256, format)
+    DIR/variables/        Orbax checkpoint of {'params': ..., ['batch_stats': ...]}
+
+Writes are atomic: everything goes to a sibling temporary directory that is
+renamed into place only when complete, so a failure never leaves a partial DIR.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from wsol_jax.models import registry
+
+META_FILE = "wsol_model.json"
+VARIABLES_DIR = "variables"
+
+
+def save_pretrained(out_dir: str | os.PathLike, variables: dict[str, Any], meta: dict[str, Any],
+                    overwrite: bool = False) -> pathlib.Path:
+  """Writes ``variables`` and ``meta`` to ``out_dir`` atomically; returns the path."""
+  out = pathlib.Path(out_dir).absolute()
+  if out.exists() and not overwrite:
+    raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+  try:
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(tmp / VARIABLES_DIR, jax.tree_util.tree_map(np.asarray, variables))
+    ckptr.wait_until_finished()
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    if out.exists():
+      old = out.with_name(f".{out.name}.old-{os.getpid()}")
+      os.replace(out, old)
+      os.replace(tmp, out)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out
+
+
+def read_meta(model_dir: str | os.PathLike) -> dict[str, Any]:
+  """Reads ``wsol_model.json`` with a clear error when the directory is not a model."""
+  path = pathlib.Path(model_dir) / META_FILE
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"{model_dir} is not a wsol_jax model directory: {META_FILE} is missing "
+        "(create one with `python -m weights_convert.timm ...`)")
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def load_pretrained(model_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Returns ``(variables, meta)`` of a pretrained directory (numpy arrays)."""
+  meta = read_meta(model_dir)
+  var_dir = pathlib.Path(model_dir).absolute() / VARIABLES_DIR
+  if not var_dir.is_dir():
+    raise FileNotFoundError(f"{var_dir} is missing: the model directory is incomplete")
+  try:
+    variables = ocp.StandardCheckpointer().restore(var_dir)
+  except Exception as e:  # orbax raises many types for damaged files
+    raise ValueError(f"cannot read the Orbax checkpoint in {var_dir}: {e}") from e
+  return jax.tree_util.tree_map(np.asarray, variables), meta
+
+
+def model_from_meta(meta: dict[str, Any], **overrides: Any) -> nn.Module:
+  """Rebuilds the Flax module described by a metadata dict (``overrides`` replace kwargs)."""
+  kwargs = dict(meta["kwargs"])
+  kwargs.update(overrides)
+  return registry.build_from_kwargs(meta["family"], kwargs)
+
+
+def abstract_variables(model: nn.Module, image_size: int) -> dict[str, Any]:
+  """Shapes/dtypes of ``model``'s variables, without allocating them."""
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
+  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)
