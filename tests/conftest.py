@@ -27,3 +27,33 @@ def golden_dir() -> pathlib.Path:
     raise FileNotFoundError(
         f"golden vectors not found at {GOLDEN_DIR}; set WSOL_GOLDEN_DIR to shared/golden/v1")
   return GOLDEN_DIR
+
+
+def _convert(out_dir: pathlib.Path, *args: str) -> pathlib.Path:
+  from weights_convert import timm as convert_cli
+  code = convert_cli.main([*args, "--out", str(out_dir)])
+  assert code == 0, f"conversion failed: {args}"
+  return out_dir
+
+
+@pytest.fixture(scope="session")
+def golden_vit_dir(golden_dir, tmp_path_factory) -> pathlib.Path:
+  """The golden timm ViT (D=192, depth 4, 3 heads, 10 classes) converted by the real CLI."""
+  return _convert(tmp_path_factory.mktemp("golden") / "vit", "--model", "deit_tiny_patch16_224",
+                  "--checkpoint", str(golden_dir / "weights_vit.safetensors"), "--set", "depth=4")
+
+
+@pytest.fixture(scope="session")
+def golden_resnet_dir(golden_dir, tmp_path_factory) -> pathlib.Path:
+  """The golden timm ResNet (one Bottleneck per stage, 10 classes) converted by the real CLI."""
+  return _convert(tmp_path_factory.mktemp("golden") / "resnet", "--model", "resnet50",
+                  "--checkpoint", str(golden_dir / "weights_resnet.safetensors"),
+                  "--set", "layers=(1,1,1,1)")
+
+
+@pytest.fixture(scope="session")
+def golden_inputs(golden_dir):
+  """Golden images as NHWC float32 (ImageNet-normalised) and the class targets."""
+  import numpy as np
+  data = np.load(golden_dir / "inputs.npz")
+  return data["images"].transpose(0, 2, 3, 1).copy(), data["targets"].astype(np.int32)
