@@ -1,0 +1,124 @@
+"""The data config (an ``ml_collections.ConfigDict``) and its defaults.
+
+Fields of ``cfg_data`` (``default_data_config()``; '' / 0 mean "dataset default"):
+
+  name           'synthetic' | 'cub' | 'stanford_dogs' | 'wsol_metadata'.
+  data_dir       TFDS data directory for 'synthetic', 'cub', 'stanford_dogs'
+                 ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).
+  download       TFDS only: download and prepare a missing dataset (needs network
+                 and TensorFlow). Default False: a missing dataset raises an error
+                 that says how to get it.
+  train_split    split for training ('train').
+  val_split      held-out model-selection split: synthetic 'val'; wsol_metadata 'val'
+                 (CUBV2 for CUB, ImageNetV2 for ILSVRC); CUB/Dogs on TFDS have none ('').
+  test_split     evaluation split ('test').
+  image_size     train crop and eval resize, int or (h, w) (224; e.g. 64 for the demo).
+  resize_size    train resize before the random crop, int or (h, w) (256; e.g. 72).
+  random_flip    random horizontal flip in training (True).
+  max_boxes      G, boxes per eval row (0 = default: 1 for CUB/synthetic/OpenImages,
+                 16 for Stanford Dogs, 20 for ILSVRC). Images with more boxes keep the
+                 first G and log a warning.
+  train_boxes    also yield padded 'boxes' in training batches (False).
+  use_masks      deliver masks in eval batches when the dataset has them (True).
+  mask_threshold TFDS masks: value above which a pixel is object (127).
+  num_epochs     training epochs, 0 = repeat forever (0).
+  worker_count   grain worker processes (0 = in the main process).
+  worker_buffer_size  batches each worker prepares ahead (2).
+  read_threads   grain reader threads per process (8).
+  read_prefetch  records read ahead per process (128).
+  metadata       for name='wsol_metadata':
+    dataset        'CUB' | 'ILSVRC' | 'OpenImages' (class count and max_boxes default).
+    metadata_dir   e.g. 'wsolevaluation/metadata/CUB' (holds train/ val/ test/).
+    image_root     e.g. 'dataset/CUB'.
+    mask_root      e.g. 'dataset/OpenImages' ('' = image_root).
+    num_classes    0 = by dataset.
+  synthetic      for name='synthetic' (see ``synthetic.SyntheticParams``):
+    generate       create the dataset in data_dir if it is missing (True).
+    num_classes, num_train, num_val, num_test, seed, min_size, max_size,
+    object_scale, aspect, clutter, noise_std, min_contrast.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from wsol_jax.data import synthetic_render
+
+NAMES = ("synthetic", "cub", "stanford_dogs", "wsol_metadata")
+
+_MAX_BOXES = {"synthetic": 1, "cub": 1, "stanford_dogs": 16}
+_METADATA_MAX_BOXES = {"CUB": 1, "ILSVRC": 20, "OpenImages": 1}
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """The default data config (synthetic dataset at 224; see the module docstring)."""
+  cfg = ml_collections.ConfigDict()
+  cfg.name = "synthetic"
+  cfg.data_dir = ""
+  cfg.download = False
+  cfg.train_split = "train"
+  cfg.val_split = ""
+  cfg.test_split = "test"
+  cfg.image_size = 224
+  cfg.resize_size = 256
+  cfg.random_flip = True
+  cfg.max_boxes = 0
+  cfg.train_boxes = False
+  cfg.use_masks = True
+  cfg.mask_threshold = 127
+  cfg.num_epochs = 0
+  cfg.worker_count = 0
+  cfg.worker_buffer_size = 2
+  cfg.read_threads = 8
+  cfg.read_prefetch = 128
+  cfg.metadata = ml_collections.ConfigDict(dict(
+      dataset="CUB", metadata_dir="", image_root="", mask_root="", num_classes=0))
+  render = synthetic_render.RenderParams()
+  cfg.synthetic = ml_collections.ConfigDict(dict(
+      generate=True, num_train=3000, num_val=300, num_test=600, seed=0,
+      **dataclasses.asdict(render)))
+  return cfg
+
+
+def synthetic_demo_config() -> ml_collections.ConfigDict:
+  """Synthetic data at 64x64 (resize 72 -> crop 64): a CPU-sized demo."""
+  cfg = default_data_config()
+  cfg.image_size = 64
+  cfg.resize_size = 72
+  return cfg
+
+
+def hw(size: Any) -> tuple[int, int]:
+  """An int or (h, w) size -> (h, w)."""
+  if isinstance(size, int):
+    return (size, size)
+  h, w = size
+  return (int(h), int(w))
+
+
+def resolve_max_boxes(cfg: Any) -> int:
+  """``cfg.max_boxes`` or the dataset default."""
+  if int(cfg.get("max_boxes", 0) or 0) > 0:
+    return int(cfg.max_boxes)
+  if cfg.name == "wsol_metadata":
+    return _METADATA_MAX_BOXES.get(cfg.metadata.dataset, 20)
+  return _MAX_BOXES.get(cfg.name, 16)
+
+
+def resolve_split(cfg: Any, which: str) -> str:
+  """'train' | 'val' | 'test' -> the configured split name ('' when there is none)."""
+  value = cfg.get(f"{which}_split", "")
+  if value:
+    return value
+  if which == "val" and cfg.name in ("synthetic", "wsol_metadata"):
+    return "val"
+  return "" if which == "val" else which
+
+
+def synthetic_params(cfg: Any) -> dict[str, Any]:
+  """The ``ensure_synthetic_dataset`` keyword arguments of ``cfg.synthetic``."""
+  params = dict(cfg.synthetic.to_dict() if hasattr(cfg.synthetic, "to_dict") else cfg.synthetic)
+  params.pop("generate", None)
+  return params
