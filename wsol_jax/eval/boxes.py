@@ -1,0 +1,247 @@
+"""Boxes from score maps with OpenCV contour semantics (wsolevaluation, TS-CAM, AG-CAM).
+
+All variants binarise a uint8 map and read boxes off ``cv2.findContours``:
+
+* **wsolevaluation** (``threshold_boxes``): ``U = uint8(255·S)``, ``T_k = int(τ_k·max U)``,
+  foreground ``U > T_k``, ``RETR_TREE`` + ``CHAIN_APPROX_SIMPLE``; V1 keeps the contour with the
+  largest ``cv2.contourArea`` (the first one in OpenCV's order on ties), V2 keeps every contour
+  (holes included); box ``[x, y, min(x+w, W-1), min(y+h, H-1)]``; no contour -> ``[0, 0, 0, 0]``.
+* **TS-CAM** (``tscam_boxes``): the same V1 selection at ``int(CAM_THR·max U)`` but the box is
+  ``[x, y, x+w, y+h]`` (not clipped) and no contour gives ``[0, 0, 1, 1]``.
+* **AG-CAM** (``agcam_boxes``): foreground ``S > 0.5`` in float, ``RETR_EXTERNAL`` +
+  ``CHAIN_APPROX_NONE``, one unclipped ``[x, y, x+w, y+h]`` box per contour.
+
+The threshold sweep does not call OpenCV once per threshold (the official loop does): the
+distinct masks are cropped to their foreground rows/columns, stacked vertically on one canvas
+with a zero row between tiles, and traced by ONE ``findContours`` call. Tiles never touch, so
+every tile gets exactly the contours it would get alone, and a raster scan finishes a tile
+before it starts the next, so the relative order of a tile's contours (which decides V1 ties)
+is OpenCV's order for that mask alone. Bounding rectangles and shoelace areas are computed for
+all contours at once in integer numpy arithmetic (exactly ``cv2.boundingRect`` and, doubled,
+``cv2.contourArea``, whose vertices are integers).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+_NO_CONTOUR_WSOL = (0, 0, 0, 0)
+_NO_CONTOUR_TSCAM = (0, 0, 1, 1)
+
+
+def cam_thresholds(delta: float = 0.01) -> np.ndarray:
+  """Score-map thresholds ``np.arange(0, 1, delta)`` (float64, 1 excluded) -> (K,)."""
+  return np.arange(0, 1, delta)
+
+
+def quantize(scoremap: np.ndarray) -> np.ndarray:
+  """``uint8(255·S)`` computed in the map's own float dtype (truncation) -> (H, W) uint8.
+
+  wsolevaluation feeds float64 maps and TS-CAM float32 maps; pass the dtype the reference
+  used for bit parity. Non-finite values (TS-CAM's min-max of a constant map gives NaN) are
+  quantised to 0, the value x86 numpy produces for them.
+  """
+  s = np.asarray(scoremap)
+  if not np.issubdtype(s.dtype, np.floating):
+    s = s.astype(np.float64)
+  scaled = s * 255
+  if not np.isfinite(scaled).all():
+    scaled = np.where(np.isfinite(scaled), scaled, 0)
+  return scaled.astype(np.uint8)
+
+
+def integer_thresholds(u_max: int, thresholds: Sequence[float] | np.ndarray) -> np.ndarray:
+  """``int(τ·max U)`` for every τ, in float64 as the official code -> (K,) int64."""
+  taus = np.asarray(thresholds, dtype=np.float64)
+  return np.trunc(taus * np.float64(u_max)).astype(np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdBoxes:
+  """Boxes of a threshold sweep, stored once per distinct foreground mask.
+
+  Attributes:
+    boxes: (N, 4) int64 ``[x0, y0, x1, y1]`` of the distinct masks, concatenated mask by mask
+      (within a mask in OpenCV's contour order).
+    counts: (D,) int64 number of boxes of each distinct mask (>= 1; an empty mask has the
+      single no-contour box).
+    mask_index: (K,) int64 distinct-mask index of each threshold.
+  """
+
+  boxes: np.ndarray
+  counts: np.ndarray
+  mask_index: np.ndarray
+
+  @property
+  def offsets(self) -> np.ndarray:
+    """(D,) start row of each distinct mask in ``boxes``."""
+    return np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+
+  def per_threshold(self) -> list[np.ndarray]:
+    """Boxes of every threshold, as K arrays (n_k, 4)."""
+    offsets = self.offsets
+    return [self.boxes[offsets[d]:offsets[d] + self.counts[d]] for d in self.mask_index]
+
+  def flat(self) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of all thresholds concatenated in threshold order -> ((sum n_k, 4), (K,) counts)."""
+    counts = self.counts[self.mask_index]
+    starts = self.offsets[self.mask_index]
+    ends = np.cumsum(counts)
+    rows = np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - counts - starts, counts)
+    return self.boxes[rows], counts
+
+
+def _contour_stats(contours: Sequence[np.ndarray], need_area: bool
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+  """Bounding rectangles (n, 4) ``[x, y, x_last, y_last]`` and doubled |area| of contours."""
+  lens = np.fromiter(map(len, contours), dtype=np.int64, count=len(contours))
+  pts = np.concatenate(contours).reshape(-1, 2).astype(np.int64)
+  starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+  x, y = pts[:, 0], pts[:, 1]
+  rects = np.stack([np.minimum.reduceat(x, starts), np.minimum.reduceat(y, starts),
+                    np.maximum.reduceat(x, starts), np.maximum.reduceat(y, starts)], axis=1)
+  if not need_area:
+    return rects, None
+  nxt = np.arange(1, len(pts) + 1)
+  nxt[starts + lens - 1] = starts  # closing edge of each polygon
+  cross = x * y[nxt] - x[nxt] * y
+  return rects, np.abs(np.add.reduceat(cross, starts))
+
+
+def _first_max_per_group(group: np.ndarray, value: np.ndarray) -> np.ndarray:
+  """Index of the first maximum of ``value`` within each group (groups in increasing order)."""
+  order = np.lexsort((np.arange(len(group)), -value, group))
+  g = group[order]
+  return order[np.concatenate([[True], g[1:] != g[:-1]])]
+
+
+def contour_boxes(u: np.ndarray, int_thresholds: Sequence[int] | np.ndarray, *,
+                  multi_contour: bool, clip: bool = True,
+                  no_contour_box: Sequence[int] = _NO_CONTOUR_WSOL) -> ThresholdBoxes:
+  """Boxes of ``U > T`` for every integer threshold with one ``findContours`` call.
+
+  Args:
+    u: (H, W) uint8 quantised score map.
+    int_thresholds: (K,) integer thresholds ``T_k``; foreground is ``U > T_k``.
+    multi_contour: keep every contour (V2) instead of the largest-area one (V1).
+    clip: clip ``x+w``/``y+h`` to ``W-1``/``H-1`` (wsolevaluation) or not (TS-CAM).
+    no_contour_box: box reported for an empty foreground.
+
+  Returns:
+    ThresholdBoxes with the boxes of the distinct masks.
+  """
+  u = np.ascontiguousarray(u, dtype=np.uint8)
+  height, width = u.shape
+  t = np.clip(np.asarray(int_thresholds, dtype=np.int64), -1, 255)
+  hist = np.bincount(u.ravel(), minlength=256)
+  above = np.concatenate([[u.size], u.size - np.cumsum(hist)])  # above[t + 1] = #(U > t)
+  # Foregrounds are nested, so masks with the same pixel count are the same mask.
+  keys, first, mask_index = np.unique(above[t + 1], return_index=True, return_inverse=True)
+  mask_t = t[first]
+  nonempty = np.flatnonzero(keys > 0)
+  n_masks = len(keys)
+  empty_box = np.asarray(no_contour_box, dtype=np.int64)[None]
+  if len(nonempty) == 0:
+    return ThresholdBoxes(np.repeat(empty_box, n_masks, axis=0), np.ones(n_masks, np.int64),
+                          mask_index.astype(np.int64))
+
+  # Foreground rows/columns of each mask from prefix/suffix maxima of the row/column maxima.
+  tiles_t = mask_t[nonempty]
+  row_max, col_max = u.max(axis=1), u.max(axis=0)
+  r0 = np.searchsorted(np.maximum.accumulate(row_max), tiles_t, side="right")
+  r1 = height - 1 - np.searchsorted(np.maximum.accumulate(row_max[::-1]), tiles_t, side="right")
+  c0 = np.searchsorted(np.maximum.accumulate(col_max), tiles_t, side="right")
+  c1 = width - 1 - np.searchsorted(np.maximum.accumulate(col_max[::-1]), tiles_t, side="right")
+  tile_h = r1 - r0 + 1
+  tile_top = np.concatenate([[0], np.cumsum(tile_h + 1)[:-1]])
+  canvas = np.zeros((int(tile_top[-1] + tile_h[-1] + 1), int((c1 - c0).max() + 1)), np.uint8)
+  for i in range(len(tiles_t)):  # cv2.threshold writes into the canvas view (2.5x numpy's >).
+    cv2.threshold(u[r0[i]:r1[i] + 1, c0[i]:c1[i] + 1], float(tiles_t[i]), 1, cv2.THRESH_BINARY,
+                  dst=canvas[tile_top[i]:tile_top[i] + tile_h[i], :c1[i] - c0[i] + 1])
+
+  contours = cv2.findContours(canvas, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+  rects, area2 = _contour_stats(contours, need_area=not multi_contour)
+  tile = np.searchsorted(tile_top, rects[:, 1], side="right") - 1
+  if multi_contour:
+    keep = np.argsort(tile, kind="stable")
+  else:
+    keep = _first_max_per_group(tile, area2)
+  rects, tile = rects[keep], tile[keep]
+  dx, dy = c0[tile], r0[tile] - tile_top[tile]
+  x0, y0 = rects[:, 0] + dx, rects[:, 1] + dy
+  x1, y1 = rects[:, 2] + 1 + dx, rects[:, 3] + 1 + dy
+  if clip:
+    x1, y1 = np.minimum(x1, width - 1), np.minimum(y1, height - 1)
+  tile_boxes = np.stack([x0, y0, x1, y1], axis=1)
+
+  counts = np.ones(n_masks, np.int64)
+  counts[nonempty] = np.bincount(tile, minlength=len(nonempty))
+  is_empty = np.ones(n_masks, bool)
+  is_empty[nonempty] = False
+  boxes = np.empty((int(counts.sum()), 4), np.int64)
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  boxes[starts[is_empty]] = empty_box
+  rows = np.repeat(starts[nonempty], counts[nonempty]) + (
+      np.arange(len(tile)) - np.repeat(np.cumsum(counts[nonempty]) - counts[nonempty],
+                                       counts[nonempty]))
+  boxes[rows] = tile_boxes
+  return ThresholdBoxes(boxes, counts, mask_index.astype(np.int64))
+
+
+def threshold_boxes(scoremap: np.ndarray, thresholds: Sequence[float] | np.ndarray, *,
+                    multi_contour: bool = False) -> ThresholdBoxes:
+  """wsolevaluation ``compute_bboxes_from_scoremaps`` for one map.
+
+  Args:
+    scoremap: (H, W) float map in [0, 1] (quantised in its own dtype; the reference feeds
+      float64).
+    thresholds: (K,) score-map thresholds τ (e.g. ``cam_thresholds(0.01)``).
+    multi_contour: V2 (all contours) instead of V1 (largest contour).
+
+  Returns:
+    ThresholdBoxes; ``per_threshold()`` gives the official list of (n_k, 4) boxes.
+  """
+  u = quantize(scoremap)
+  return contour_boxes(u, integer_thresholds(int(u.max()), thresholds),
+                       multi_contour=multi_contour, clip=True)
+
+
+def tscam_boxes(scoremap: np.ndarray, cam_thrs: Sequence[float] | float) -> np.ndarray:
+  """TS-CAM ``get_bboxes``: largest contour of ``U > int(θ·max U)``, unclipped.
+
+  Args:
+    scoremap: (H, W) resized, min-max normalised class map (TS-CAM passes float32).
+    cam_thrs: one CAM_THR θ or a sequence of T of them.
+
+  Returns:
+    (4,) int64 ``[x, y, x+w, y+h]`` for a scalar θ, else (T, 4); ``[0, 0, 1, 1]`` when the
+    foreground is empty.
+  """
+  scalar = np.ndim(cam_thrs) == 0
+  u = quantize(scoremap)
+  tb = contour_boxes(u, integer_thresholds(int(u.max()), np.atleast_1d(cam_thrs)),
+                     multi_contour=False, clip=False, no_contour_box=_NO_CONTOUR_TSCAM)
+  boxes = tb.boxes[tb.offsets[tb.mask_index]]
+  return boxes[0] if scalar else boxes
+
+
+def agcam_boxes(scoremap: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+  """AG-CAM ``getBoudingBox_multi``: a box per external contour of ``S > threshold``.
+
+  Args:
+    scoremap: (H, W) min-max normalised map.
+    threshold: strict float threshold (AG-CAM's ``--threshold``, default 0.5).
+
+  Returns:
+    (N, 4) int64 unclipped ``[x, y, x+w, y+h]`` in OpenCV's contour order (N = 0 when the
+    foreground is empty).
+  """
+  mask = (np.asarray(scoremap) > threshold).astype(np.uint8)
+  contours = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[-2]
+  if not contours:
+    return np.zeros((0, 4), np.int64)
+  rects, _ = _contour_stats(contours, need_area=False)
+  return np.concatenate([rects[:, :2], rects[:, 2:] + 1], axis=1)

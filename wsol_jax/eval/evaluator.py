@@ -1,0 +1,199 @@
+"""Evaluators in the big_vision shape: built from a method and a config, ``run(variables)``
+yields ``(name, value)`` pairs.
+
+``LocalizationEvaluator`` runs one pass over a split:
+
+* device (jitted, sharded over the mesh): normalise images, the method's map for the
+  ground-truth class (wsolevaluation's GT-known setting), resize to the eval image size
+  with the method's official interpolation and min-max per map; logits;
+* host (OpenCV, threads): boxes at every threshold ``np.arange(0, 1, Δ)`` and best IoUs,
+  accumulated in constant memory; the host work of batch t overlaps the device work of
+  batch t+1.
+
+Metrics (percent):
+
+``maxboxacc_v2`` (+ ``_iou30/50/70``)   wsolevaluation MaxBoxAccV2: all contours, mean over δ.
+``gt_known``                           MaxBoxAcc (V1, largest contour) at IoU 50 = GT-known Loc
+                                       at the optimal threshold.
+``top1_loc``                           correct top-1 class and V1 IoU ≥ 0.5, at the threshold
+                                       that maximises it (SCM's oracle-τ protocol; the
+                                       ground-truth map equals the predicted map when correct).
+``cls_top1``, ``cls_top5``             classification accuracy.
+``pxap``                               pixel average precision (datasets with masks).
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from wsol_jax import data as data_lib
+from wsol_jax import sharding
+from wsol_jax.eval import boxes as boxes_lib
+from wsol_jax.eval import iou as iou_lib
+from wsol_jax.eval.box_accuracy import BoxAccuracy
+from wsol_jax.maps import postprocess
+
+log = logging.getLogger("wsol_jax.eval")
+
+
+class LocalizationEvaluator:
+  """Box, classification (and pixel) metrics of a method on one split."""
+
+  def __init__(self, method: Any, config: ml_collections.ConfigDict, split: str,
+               mesh: jax.sharding.Mesh | None = None):
+    self.method = method
+    self.config = config
+    self.split = split
+    self.mesh = mesh if mesh is not None else sharding.make_mesh()
+    ev = config.eval
+    self.batch_size = int(ev.batch_size)
+    n_dev = self.mesh.devices.size
+    if self.batch_size % n_dev:
+      self.batch_size = max(n_dev, self.batch_size // n_dev * n_dev)
+    self.iterator = data_lib.build_eval_iterator(config.data, split, self.batch_size)
+    self.kind = str(ev.map_kind) or method.map_kinds[0]
+    self.upsample = str(ev.upsample) or method.upsample
+    self.delta = float(ev.cam_curve_interval)
+    self.iou_thresholds = tuple(int(t) for t in ev.iou_thresholds)
+    size = config.data.image_size
+    self.map_size = (size, size) if isinstance(size, int) else tuple(size)
+    self._predict = jax.jit(self._device_fn)
+    self.last_best_iou: np.ndarray | None = None
+
+  # -- device ---------------------------------------------------------------------------------
+  def _device_fn(self, variables: Any, images: jax.Array, labels: jax.Array):
+    x = postprocess.normalize_images(images, self.method.mean, self.method.std)
+    kind = None if self.kind == self.method.map_kinds[0] else self.kind
+    maps, logits = self.method.maps(variables, x, labels, kind=kind)
+    if maps.ndim == 4:  # every class: keep the ground-truth one
+      maps = jnp.take_along_axis(maps, labels[:, None, None, None].astype(jnp.int32), axis=1)[:, 0]
+    maps = postprocess.resize_and_normalize(maps.astype(jnp.float32), self.map_size, self.upsample)
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    return maps, top5
+
+  def _batches(self, variables: Any) -> Iterator[tuple[dict[str, np.ndarray], Any]]:
+    """Yields (host batch, device outputs) with one batch of look-ahead on the device."""
+    pending = None
+    for batch in self.iterator:
+      arrays = sharding.global_batch({"image": batch["image"], "label": batch["label"]}, self.mesh)
+      out = self._predict(variables, arrays["image"], arrays["label"])
+      if pending is not None:
+        yield pending
+      pending = (batch, out)
+    if pending is not None:
+      yield pending
+
+  # -- host -----------------------------------------------------------------------------------
+  def run(self, variables: Any) -> Iterator[tuple[str, float]]:
+    """One pass over the split; yields ``(metric name, value)``."""
+    v2 = BoxAccuracy(delta=self.delta, iou_thresholds=self.iou_thresholds, multi_contour=True)
+    v1 = BoxAccuracy(delta=self.delta, iou_thresholds=(50,), multi_contour=False)
+    pxap = _maybe_pxap(self.iterator, self.delta)
+    n, top1, top5 = 0, 0, 0
+    loc_correct = np.zeros(len(v1.thresholds), np.int64)
+    ious = []
+    limit = int(self.config.eval.max_examples)
+    for batch, (maps, top5_idx) in self._batches(variables):
+      valid = np.asarray(batch["valid"], bool)
+      maps = np.asarray(maps, np.float64)
+      labels = np.asarray(batch["label"])
+      top5_idx = np.asarray(top5_idx)
+      best_v2 = v2.update(maps, batch["boxes"], valid)
+      best_v1 = v1.update(maps, batch["boxes"], valid)
+      correct1 = top5_idx[:, 0] == labels
+      loc_correct += ((best_v1[valid] >= 0.5) & correct1[valid, None]).sum(0)
+      top1 += int(correct1[valid].sum())
+      top5 += int((top5_idx == labels[:, None]).any(1)[valid].sum())
+      n += int(valid.sum())
+      # (index, best IoU per threshold) per image, for picking best/worst overlays later.
+      ious.append(np.concatenate([np.asarray(batch["index"])[valid][:, None], best_v2[valid]], 1))
+      if pxap is not None and "mask" in batch:
+        pxap.update(maps[valid], np.asarray(batch["mask"])[valid])
+      if limit and n >= limit:
+        break
+    if n == 0:
+      raise ValueError(f"no valid images in split {self.split!r}")
+    self.last_best_iou = np.concatenate(ious, 0) if ious else None
+    r2, r1 = v2.compute(), v1.compute()
+    yield "maxboxacc_v2", r2.max_box_acc_v2
+    for t, acc in zip(r2.iou_thresholds, r2.max_box_acc):
+      yield f"maxboxacc_v2_iou{t}", float(acc)
+    yield "gt_known", r1.max_box_acc_at(50)
+    yield "top1_loc", float(loc_correct.max() * 100.0 / n)
+    yield "cls_top1", top1 * 100.0 / n
+    yield "cls_top5", top5 * 100.0 / n
+    yield "optimal_threshold_iou50", float(r2.optimal_threshold[list(r2.iou_thresholds).index(50)]
+                                           if 50 in r2.iou_thresholds else r2.optimal_threshold[0])
+    if pxap is not None and pxap.has_data():
+      yield "pxap", float(pxap.compute())
+    yield "num_examples", float(n)
+    yield "num_skipped", float(self.iterator.num_skipped)
+
+  def run_baseline(self) -> Iterator[tuple[str, float]]:
+    """The center-Gaussian baseline map (same for every image) through the same box metrics."""
+    from wsol_jax.eval import baselines
+    gauss = np.asarray(baselines.center_gaussian(self.map_size), np.float64)
+    thresholds = boxes_lib.cam_thresholds(self.delta)
+    tb2 = boxes_lib.threshold_boxes(gauss, thresholds, multi_contour=True)
+    tb1 = boxes_lib.threshold_boxes(gauss, thresholds, multi_contour=False)
+    correct2 = np.zeros((len(self.iou_thresholds), len(thresholds)), np.int64)
+    correct1 = np.zeros(len(thresholds), np.int64)
+    n = 0
+    for batch in self.iterator:
+      for gt, ok in zip(np.asarray(batch["boxes"]), np.asarray(batch["valid"], bool)):
+        if not ok:
+          continue
+        gt = iou_lib.valid_gt(gt)
+        best2 = np.maximum.reduceat(iou_lib.max_iou(tb2.boxes, gt), tb2.offsets)[tb2.mask_index]
+        best1 = np.maximum.reduceat(iou_lib.max_iou(tb1.boxes, gt), tb1.offsets)[tb1.mask_index]
+        correct2 += np.stack([best2 >= t / 100 for t in self.iou_thresholds])
+        correct1 += best1 >= 0.5
+        n += 1
+    acc2 = correct2.max(1) * 100.0 / n
+    yield "maxboxacc_v2", float(acc2.mean())
+    for t, a in zip(self.iou_thresholds, acc2):
+      yield f"maxboxacc_v2_iou{t}", float(a)
+    yield "gt_known", float(correct1.max() * 100.0 / n)
+
+  def write_overlays(self, variables: Any, out_dir: pathlib.Path, count: int) -> list[pathlib.Path]:
+    """Overlay PNGs of the best and worst images (IoU at the optimal threshold) of the last run."""
+    if count <= 0 or self.last_best_iou is None or len(self.last_best_iou) == 0:
+      return []
+    from wsol_jax import viz
+    table = self.last_best_iou
+    k = int(np.nanargmax(np.nanmean(table[:, 1:] >= 0.5, axis=0)))
+    order = np.argsort(table[:, 1 + k])
+    picks = [("worst", int(i)) for i in order[:count // 2]] + \
+            [("best", int(i)) for i in order[::-1][:count - count // 2]]
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = self.iterator.source
+    written = []
+    for tag, row in picks:
+      index = int(table[row, 0])
+      record = source[index]
+      image = np.asarray(record["image"])
+      resized = np.asarray(jax.image.resize(image.astype(np.float32), self.map_size + (3,), "linear"))
+      maps, _ = self._predict(variables, jnp.asarray(np.repeat(resized[None], 1, 0)),
+                              jnp.asarray([int(record["label"])], jnp.int32))
+      path = out_dir / f"{tag}_{index}_iou{table[row, 1 + k]:.2f}.png"
+      viz.save_overlay(path, image, np.asarray(maps[0]), threshold=float(k * self.delta),
+                       gt_boxes=np.asarray(record["boxes"]))
+      written.append(path)
+    return written
+
+
+def _maybe_pxap(iterator: Any, delta: float):
+  if not getattr(iterator.info, "has_masks", False):
+    return None
+  try:
+    from wsol_jax.eval.pxap import PxAP
+  except ImportError:
+    return None
+  return PxAP(delta=delta)
