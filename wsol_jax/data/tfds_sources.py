@@ -118,18 +118,21 @@ class TfdsSource:
       return tfds.data_source(self.name, download=self.download, **kwargs)
     except tfds.core.registered.DatasetNotFoundError as e:
       raise DatasetNotFoundError(f"TFDS has no dataset named {self.name!r}: {e}") from e
-    except (NotImplementedError, FileNotFoundError, AssertionError) as e:
-      # Unprepared data and download=False surface as "TFRECORD is not supported".
-      raise DatasetNotFoundError(
-          f"TFDS dataset {self.name!r} (split {self.split!r}) is not prepared in array_record "
-          f"format under {data_dir}.\n{hint}\n(TFDS said: {type(e).__name__}: "
-          f"{str(e).splitlines()[0] if str(e) else ''})") from e
-    except Exception as e:  # network errors, missing TensorFlow while preparing, ...
-      if not self.download:
+    except Exception as e:  # pylint: disable=broad-except
+      first_line = str(e).splitlines()[0] if str(e) else ""
+      if self.download:  # network errors, missing TensorFlow while preparing, ...
+        raise DatasetNotFoundError(f"could not download and prepare {self.name!r} into "
+                                   f"{data_dir}: {type(e).__name__}: {first_line}\n{hint}") from e
+      # Unprepared data surfaces as "TFRECORD is not supported" (NotImplementedError) or,
+      # for an unregistered builder config, "BuilderConfig ... not found" (ValueError).
+      not_prepared = isinstance(e, (NotImplementedError, FileNotFoundError, AssertionError)) or (
+          isinstance(e, ValueError) and "BuilderConfig" in str(e) and "not found" in str(e))
+      if not not_prepared:
         raise
       raise DatasetNotFoundError(
-          f"could not download and prepare {self.name!r} into {data_dir}: "
-          f"{type(e).__name__}: {e}\n{hint}") from e
+          f"TFDS dataset {self.name!r} (split {self.split!r}) is not prepared in array_record "
+          f"format under {data_dir}.\n{hint}\n(TFDS said: {type(e).__name__}: {first_line})"
+      ) from e
 
   def __getstate__(self) -> dict[str, Any]:
     state = dict(self.__dict__)
