@@ -15,7 +15,7 @@ from wsol_jax.eval.iou import check_boxes, max_iou, pairwise_iou, valid_gt
 from wsol_jax.eval.localization import (ScmLocalization, ScmResult, TsCamLocalization,
                                         TsCamResult, classification_correct, top_k_indices)
 from wsol_jax.eval.pixel_metrics import (AgCamPixelMetrics, AgCamPixelResult,
-                                         agcam_image_metrics, boxes_to_mask, pixel_metrics)
+                                         agcam_image_metrics, boxes_to_mask, mask_metrics)
 from wsol_jax.eval.pxap import PxAP, pxap_from_histograms
 
 _LAZY_JAX = ("AGCAM_FRACTIONS", "PerturbationResult", "PerturbationTest", "make_curve_fn")

@@ -114,7 +114,7 @@ class LocalizationEvaluator:
       # (index, best IoU per threshold) per image, for picking best/worst overlays later.
       ious.append(np.concatenate([np.asarray(batch["index"])[valid][:, None], best_v2[valid]], 1))
       if pxap is not None and "mask" in batch:
-        pxap.update(maps[valid], np.asarray(batch["mask"])[valid])
+        pxap.update(maps, np.asarray(batch["mask"]), valid)
       if limit and n >= limit:
         break
     if n == 0:
@@ -130,7 +130,7 @@ class LocalizationEvaluator:
     yield "cls_top5", top5 * 100.0 / n
     yield "optimal_threshold_iou50", float(r2.optimal_threshold[list(r2.iou_thresholds).index(50)]
                                            if 50 in r2.iou_thresholds else r2.optimal_threshold[0])
-    if pxap is not None and pxap.has_data():
+    if pxap is not None and pxap.pos_hist.sum() > 0:
       yield "pxap", float(pxap.compute())
     yield "num_examples", float(n)
     yield "num_skipped", float(self.iterator.num_skipped)
@@ -138,7 +138,7 @@ class LocalizationEvaluator:
   def run_baseline(self) -> Iterator[tuple[str, float]]:
     """The center-Gaussian baseline map (same for every image) through the same box metrics."""
     from wsol_jax.eval import baselines
-    gauss = np.asarray(baselines.center_gaussian(self.map_size), np.float64)
+    gauss = baselines.center_gaussian(*self.map_size)
     thresholds = boxes_lib.cam_thresholds(self.delta)
     tb2 = boxes_lib.threshold_boxes(gauss, thresholds, multi_contour=True)
     tb1 = boxes_lib.threshold_boxes(gauss, thresholds, multi_contour=False)

@@ -29,16 +29,15 @@ def valid_gt(gt_boxes: np.ndarray) -> np.ndarray:
 
 
 def pairwise_iou(box_a: np.ndarray, box_b: np.ndarray) -> np.ndarray:
-  """IoU matrix (A, B) float64 of boxes (A, 4) and (B, 4) (same arithmetic as the reference).
+  """IoU matrix (A, B) float64 of int boxes (A, 4) and (B, 4), as ``calculate_multiple_iou``.
 
   Raises:
     RuntimeError: a box is negative or has ``x1 < x0`` / ``y1 < y0``.
   """
-  a = np.asarray(box_a, dtype=np.int64).reshape(-1, 4)
-  b = np.asarray(box_b, dtype=np.int64).reshape(-1, 4)
+  a, b = np.atleast_2d(np.asarray(box_a)), np.atleast_2d(np.asarray(box_b))
   check_boxes(a)
   check_boxes(b)
-  a, b = a[:, None, :], b[None, :, :]
+  a, b = a.astype(np.int64)[:, None, :], b.astype(np.int64)[None, :, :]
   inter = (np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
            * np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1))
   area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)

@@ -40,7 +40,7 @@ def boxes_to_mask(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
   return diff.cumsum(axis=0).cumsum(axis=1)[:height, :width] > 0
 
 
-def pixel_metrics(pred_mask: np.ndarray, gt_mask: np.ndarray) -> np.ndarray:
+def mask_metrics(pred_mask: np.ndarray, gt_mask: np.ndarray) -> np.ndarray:
   """[pixel_acc, iou, dice, precision, recall] (5,) float32 of two (H, W) bool masks."""
   pred, gt = np.asarray(pred_mask, bool), np.asarray(gt_mask, bool)
   tp = np.float32(np.count_nonzero(pred & gt))
@@ -60,7 +60,7 @@ def agcam_image_metrics(scoremap: np.ndarray, gt_boxes: np.ndarray,
   """AG-CAM's five metrics (5,) float32 for one min-max normalised (H, W) map and (G, 4) boxes."""
   shape = np.shape(scoremap)
   pred = boxes_to_mask(boxes_lib.agcam_boxes(scoremap, threshold), shape)
-  return pixel_metrics(pred, boxes_to_mask(gt_boxes, shape))
+  return mask_metrics(pred, boxes_to_mask(gt_boxes, shape))
 
 
 @dataclasses.dataclass(frozen=True)
