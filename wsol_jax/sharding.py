@@ -16,9 +16,10 @@ DATA_AXIS = "data"
 
 
 def make_mesh(shape: Sequence[int] | None = None,
-              axis_names: Sequence[str] = (DATA_AXIS,)) -> Mesh:
-  """Returns a mesh over all devices; ``shape=None`` puts every device on ``data``."""
-  devices = jax.devices()
+              axis_names: Sequence[str] = (DATA_AXIS,),
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Returns a mesh over ``devices`` (default: all); ``shape=None`` puts them all on ``data``."""
+  devices = list(jax.devices() if devices is None else devices)
   if shape is None or tuple(shape) in ((), (-1,)):
     shape = (len(devices),)
   shape = tuple(int(s) for s in shape)

@@ -1,0 +1,137 @@
+"""Training checkpoints in a workdir (Orbax ``CheckpointManager``).
+
+``WORKDIR/checkpoints/<step>/``  the full training state (params, optimizer state,
+                                 model state, step, RNG) and the data iterator's state;
+                                 periodic, keep-last-k, used to resume.
+``WORKDIR/best/<step>/``         the best variables by the validation metric (one kept),
+                                 with the metrics that selected it.
+``WORKDIR/export/``              the selected model as a model directory
+                                 (``wsol_model.json`` + ``variables/``) for evaluate/explain.
+
+Orbax writes each step to a temporary directory and renames it when complete, so an
+interrupted save (SIGKILL, preemption) never leaves a half-written checkpoint that a
+restart would read.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Latest/best checkpoints of one training run."""
+
+  def __init__(self, workdir: str | pathlib.Path, keep: int = 3, select_mode: str = "max"):
+    self.workdir = pathlib.Path(workdir).absolute()
+    self.latest = ocp.CheckpointManager(
+        self.workdir / "checkpoints",
+        options=ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True,
+                                             cleanup_tmp_directories=True),
+        item_names=("state", "data"))
+    self.best = ocp.CheckpointManager(
+        self.workdir / "best",
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, cleanup_tmp_directories=True,
+            best_fn=lambda m: float(m["selection"]), best_mode=select_mode,
+            keep_checkpoints_without_metrics=False),
+        item_names=("variables", "metrics"))
+
+  # -- latest ---------------------------------------------------------------------------------
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def save(self, step: int, state: Any, data_iterator: Any | None = None, wait: bool = False) -> None:
+    """Saves the training state (and the data iterator's ``get_state()``) at ``step``."""
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items["data"] = ocp.args.JsonSave(_encode_iterator_state(data_iterator.get_state()))
+    self.latest.save(step, args=ocp.args.Composite(**items), force=True)
+    if wait:
+      self.latest.wait_until_finished()
+
+  def restore(self, abstract_state: Any, data_iterator: Any | None = None,
+              step: int | None = None) -> Any:
+    """Restores the state at ``step`` (default: latest) into the shapes/shardings given."""
+    step = self.latest.latest_step() if step is None else step
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      if not _has_item(self.latest, step, "data"):
+        raise FileNotFoundError(f"checkpoint {step} in {self.latest.directory} has no data "
+                                "iterator state; cannot resume the input pipeline exactly")
+      items["data"] = ocp.args.JsonRestore()
+    restored = self.latest.restore(step, args=ocp.args.Composite(**items))
+    if data_iterator is not None:
+      data_iterator.set_state(_decode_iterator_state(restored["data"]))
+    return restored["state"]
+
+  # -- best -----------------------------------------------------------------------------------
+  def save_best(self, step: int, variables: Any, metrics: dict[str, float], selection: float) -> bool:
+    """Offers ``variables`` as best; keeps them only if ``selection`` beats the kept one."""
+    metrics = {k: float(v) for k, v in metrics.items()} | {"selection": float(selection)}
+    best_step = self.best.best_step()
+    if best_step is not None:
+      kept = self.best_metrics()
+      better = selection > kept["selection"] if self.best._options.best_mode == "max" else (
+          selection < kept["selection"])
+      if not better:
+        return False
+    self.best.save(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardSave(variables), metrics=ocp.args.JsonSave(metrics)),
+        metrics=metrics, force=True)
+    self.best.wait_until_finished()
+    return True
+
+  def best_metrics(self) -> dict[str, float] | None:
+    step = self.best.best_step()
+    if step is None:
+      return None
+    return dict(self.best.restore(step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore()))["metrics"])
+
+  def restore_best(self, abstract_variables: Any) -> tuple[Any, int] | None:
+    step = self.best.best_step()
+    if step is None:
+      return None
+    out = self.best.restore(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore(abstract_variables)))
+    return out["variables"], step
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.wait()
+    self.latest.close()
+    self.best.close()
+
+
+def _has_item(manager: ocp.CheckpointManager, step: int, item: str) -> bool:
+  return (pathlib.Path(manager.directory) / str(step) / item).exists()
+
+
+def _encode_iterator_state(state: Any) -> Any:
+  """grain iterator states are JSON bytes; Orbax stores JSON objects."""
+  if isinstance(state, (bytes, bytearray)):
+    return {"json_bytes": json.loads(state.decode("utf-8"))}
+  return {"json": state}
+
+
+def _decode_iterator_state(saved: dict[str, Any]) -> Any:
+  if "json_bytes" in saved:
+    return json.dumps(saved["json_bytes"]).encode("utf-8")
+  return saved["json"]
+
+
+def to_numpy_tree(tree: Any) -> Any:
+  return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def write_json(path: pathlib.Path, obj: Any) -> None:
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  tmp.replace(path)

@@ -1,0 +1,244 @@
+"""Experiment configs: Python files with ``get_config(arg)`` built on ``base_config()``.
+
+``base_config()`` is the schema: every valid key with its default (the official
+code's behaviour). Config files start from it and change values; the loader
+rejects keys the schema does not know — in the file or in ``--config.a.b=v``
+overrides — naming the key and the closest valid ones, before any compute.
+A few subtrees are free-form (``model.kwargs``, ``optimizer.lr_multipliers``).
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import pathlib
+import sys
+from typing import Any, Sequence
+
+import ml_collections
+
+from wsol_jax.data import config as data_config
+
+FREE_FORM = ("model.kwargs", "optimizer.lr_multipliers")
+
+
+def _cd(**kwargs: Any) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(kwargs)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All valid keys with their defaults (TS-CAM's official recipe where one applies)."""
+  c = ml_collections.ConfigDict()
+  c.method = "tscam"
+  c.seed = 26
+  c.model = _cd(
+      name="deit_small_patch16_224",
+      num_classes=200,
+      pretrained="",        # a weights_convert directory ("" = random init)
+      kwargs=_cd(),         # model constructor overrides, e.g. depth=4
+      drop_path_rate=0.1,   # TS-CAM/SCM argparse default
+      mean=(),              # () = the registered model's normalisation
+      std=(),
+  )
+  c.data = data_config.default_data_config()   # fields documented in wsol_jax.data.config
+  c.data.name = "cub"
+  c.optimizer = _cd(
+      name="adamw",         # adamw | sgd
+      lr=5e-5,
+      b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=0.05,    # timm rule: no decay on 1-D params, pos_embed, cls_token
+      momentum=0.9,
+      nesterov=False,
+      lr_multipliers=_cd(), # parameter label -> lr factor (e.g. new_decay=10.0)
+      grad_clip_norm=0.0,   # 0 = off (the official code does not clip)
+  )
+  c.schedule = _cd(
+      name="step",          # step (TS-CAM: ×factor at every epoch divisible by a step) | multistep | constant | cosine
+      steps=(30,),
+      factor=0.1,
+      warmup_epochs=0,
+  )
+  c.training = _cd(
+      batch_size=128,
+      num_epochs=60,
+      total_steps=0,        # > 0 overrides num_epochs
+      log_every_steps=20,
+  )
+  c.eval = _cd(
+      every_epochs=1,
+      every_steps=0,        # > 0: also evaluate every N steps
+      select_split="val",   # checkpoint selection ("" = keep the last; "test" only to reproduce a paper's protocol)
+      select_metric="maxboxacc_v2",
+      test_at_end=True,
+      batch_size=64,
+      map_kind="",          # "" = the method's default map
+      upsample="",          # "" = the method's official interpolation
+      cam_curve_interval=0.01,
+      iou_thresholds=(30, 50, 70),
+      multi_contour=True,   # MaxBoxAccV2 boxes (all contours)
+      cam_threshold=0.1,    # TS-CAM fixed-threshold Top-1 Loc
+      num_overlays=6,
+      max_examples=0,       # > 0: evaluate on a prefix (debugging)
+  )
+  c.checkpoint = _cd(every_steps=500, keep=3)
+  c.mesh = _cd(shape=())  # () = all devices on the data axis
+  # Method sections (each method reads its own).
+  c.scm = _cd(num_blocks=4, iterations=(16, 4, 4, 4), alpha=0.002, lambda_init=1.0, beta_init=0.5)
+  c.padl = _cd(drop_rate=0.75, gamma=0.9, per_example=False)
+  c.rfga = _cd(second_sigmoid=True, calibration="residual", hw_conv="full", kernel_size=3)
+  c.agcam = _cd(stop_gradient=True)
+  return c
+
+
+class ConfigError(ValueError):
+  """A config key or value is invalid (raised before any compute)."""
+
+
+def _paths(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in cfg.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict) and path not in FREE_FORM:
+      out.update(_paths(value, path + "."))
+    else:
+      out[path] = value
+  return out
+
+
+def _unknown(path: str, valid: Sequence[str], what: str) -> ConfigError:
+  close = difflib.get_close_matches(path, valid, n=3, cutoff=0.6)
+  if not close:  # also compare the last component within the same section
+    section, _, leaf = path.rpartition(".")
+    same = [v for v in valid if v.rpartition(".")[0] == section]
+    close = [f"{section}.{c}" if section else c for c in difflib.get_close_matches(
+        leaf, [v.rpartition(".")[2] for v in same], n=3, cutoff=0.5)]
+  hint = f"; did you mean {', '.join(close)}?" if close else ""
+  return ConfigError(f"unknown config key {path!r} {what}{hint}")
+
+
+def validate(cfg: ml_collections.ConfigDict, source: str = "in the config") -> None:
+  """Raises ``ConfigError`` for keys the schema does not have."""
+  schema = _paths(base_config())
+  for path in _paths(cfg):
+    if path not in schema and not any(path.startswith(f + ".") for f in FREE_FORM):
+      raise _unknown(path, list(schema), source)
+
+
+def _coerce(path: str, text: str, current: Any) -> Any:
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  if current is None or isinstance(current, str):
+    return text if not isinstance(value, str) and isinstance(current, str) else value
+  if isinstance(current, bool):
+    if isinstance(value, bool):
+      return value
+    if str(text).lower() in ("true", "false", "1", "0"):
+      return str(text).lower() in ("true", "1")
+  elif isinstance(current, int) and isinstance(value, int) and not isinstance(value, bool):
+    return value
+  elif isinstance(current, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+    return float(value)
+  elif isinstance(current, (tuple, list)):
+    if isinstance(value, (tuple, list)):
+      return tuple(value)
+    if isinstance(value, (int, float)):
+      return (value,)
+  raise ConfigError(f"--config.{path}={text}: expected {type(current).__name__} "
+                    f"(current value {current!r})")
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+  """Applies ``a.b=value`` overrides in place (values parsed as Python literals)."""
+  for item in overrides:
+    path, sep, text = item.partition("=")
+    if not sep:
+      raise ConfigError(f"override {item!r} must look like --config.a.b=value")
+    paths = _paths(cfg)
+    free = next((f for f in FREE_FORM if path.startswith(f + ".")), None)
+    if path not in paths and free is None:
+      raise _unknown(path, list(paths), "(command-line override)")
+    parent = cfg
+    *parents, leaf = path.split(".")
+    for p in parents:
+      parent = parent[p]
+    current = parent.get(leaf, None) if free else paths[path]
+    value = _coerce(path, text, current)
+    with parent.ignore_type():
+      parent[leaf] = value
+
+
+def load_file(spec: str) -> ml_collections.ConfigDict:
+  """Loads ``path.py[:arg]`` and returns ``get_config(arg)``."""
+  path_str, _, arg = spec.partition(":")
+  path = pathlib.Path(path_str)
+  if not path.is_file():
+    raise ConfigError(f"config file not found: {path}")
+  module_name = f"_wsol_config_{path.stem}"
+  module_spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  sys.modules[module_name] = module
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} has no get_config(arg) function")
+  cfg = module.get_config(arg or None) if arg or _takes_arg(module.get_config) else module.get_config()
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict")
+  return cfg
+
+
+def _takes_arg(fn) -> bool:
+  import inspect
+  return len(inspect.signature(fn).parameters) > 0
+
+
+def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Loads, validates and overrides a config; raises ``ConfigError`` on any unknown key."""
+  cfg = load_file(spec)
+  validate(cfg, f"in {spec.partition(':')[0]}")
+  apply_overrides(cfg, overrides)
+  return cfg
+
+
+def parse_arg(arg: str | None) -> set[str]:
+  """``get_config`` argument ``'a,b'`` -> ``{'a', 'b'}`` (config variants)."""
+  return {a.strip() for a in (arg or "").split(",") if a.strip()}
+
+
+def set_cub_data(c: ml_collections.ConfigDict, variants: set[str]) -> None:
+  """CUB-200-2011: wsolevaluation metadata (val = CUBV2), or TFDS with a held-out 10% of train."""
+  if "tfds" in variants:
+    c.data.name = "cub"   # TFDS caltech_birds2011 (no CUBV2): hold out 10% of train
+    c.data.train_split = "train[:90%]"
+    c.data.val_split = "train[90%:]"
+  else:
+    c.data.name = "wsol_metadata"
+    c.data.metadata.dataset = "CUB"
+    c.data.metadata.metadata_dir = "wsolevaluation/metadata/CUB"
+    c.data.metadata.image_root = "dataset/CUB"
+    c.data.val_split = "val"  # CUBV2
+  c.model.num_classes = 200
+  if "paper" in variants:
+    c.eval.select_split = "test"  # the official code selects on the test set
+
+
+def set_ilsvrc_data(c: ml_collections.ConfigDict, variants: set[str]) -> None:
+  """ILSVRC-2012 through wsolevaluation metadata (val = ImageNetV2, test = ILSVRC val)."""
+  c.data.name = "wsol_metadata"
+  c.data.metadata.dataset = "ILSVRC"
+  c.data.metadata.metadata_dir = "wsolevaluation/metadata/ILSVRC"
+  c.data.metadata.image_root = "dataset/ILSVRC"
+  c.data.val_split = "val"
+  c.model.num_classes = 1000
+  if "paper" in variants:
+    c.eval.select_split = "test"
+
+
+def set_synthetic_data(c: ml_collections.ConfigDict, image_size: int = 64) -> None:
+  """The wsol_jax synthetic dataset (generated on first use), at a CPU-sized resolution."""
+  c.data.name = "synthetic"
+  c.data.image_size = image_size
+  c.data.resize_size = image_size + image_size // 8
+  c.data.val_split = "val"
+  c.model.num_classes = int(c.data.synthetic.num_classes)

@@ -1,0 +1,100 @@
+"""Metric logging: JSON lines (and TensorBoard when installed), a progress bar, summaries."""
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+log = logging.getLogger("wsol_jax")
+
+
+def setup_logging(workdir: pathlib.Path | None = None) -> None:
+  """Logs INFO to stderr and, with a workdir, to ``workdir/train.log``."""
+  root = logging.getLogger("wsol_jax")
+  if root.handlers:
+    return
+  root.setLevel(logging.INFO)
+  root.propagate = False
+  fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(fmt)
+  root.addHandler(handler)
+  if workdir is not None:
+    fh = logging.FileHandler(pathlib.Path(workdir) / "train.log")
+    fh.setFormatter(fmt)
+    root.addHandler(fh)
+
+
+class MetricWriter:
+  """Appends metrics to ``workdir/metrics.jsonl``; mirrors them to TensorBoard if available."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self._file = self.path.open("a")
+    self._tb = None
+    try:
+      from tensorboardX import SummaryWriter  # optional
+      self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+    except ImportError:
+      pass
+
+  def _write(self, row: Mapping[str, Any]) -> None:
+    self._file.write(json.dumps(row, sort_keys=True) + "\n")
+    self._file.flush()
+
+  def write_train(self, rows: Sequence[Mapping[str, float]], epoch: float) -> None:
+    for row in rows:
+      self._write({"split": "train", "epoch": round(float(epoch), 4), **row})
+      if self._tb is not None:
+        for k, v in row.items():
+          if k != "step":
+            self._tb.add_scalar(f"train/{k}", v, int(row["step"]))
+
+  def write_eval(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+    self._write({"split": split, "step": int(step), **{k: float(v) for k, v in metrics.items()}})
+    if self._tb is not None:
+      for k, v in metrics.items():
+        self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+
+  def close(self) -> None:
+    if not self._file.closed:
+      self._file.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Progress:
+  """A tqdm bar over training steps with loss, throughput (img/s) and ETA."""
+
+  def __init__(self, total: int, start: int, batch_size: int, disable: bool | None = None):
+    from tqdm.auto import tqdm
+    self.batch_size = batch_size
+    self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
+                     disable=disable, desc="train")
+    self._last_step, self._last_time = start, time.perf_counter()
+
+  def update(self, step: int, row: Mapping[str, float]) -> None:
+    now = time.perf_counter()
+    rate = (step - self._last_step) * self.batch_size / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    self._bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}", img_s=f"{rate:.1f}",
+                          lr=f"{row.get('lr', 0):.2e}")
+    self._bar.update(step - self._bar.n)
+
+  def close(self) -> None:
+    self._bar.close()
+
+
+def print_summary(config: Any, test: Mapping[str, float], baseline: Mapping[str, float]) -> None:
+  """Prints the test metrics next to the center-Gaussian baseline."""
+  keys = [k for k in ("maxboxacc_v2", "maxboxacc_v2_iou30", "maxboxacc_v2_iou50", "maxboxacc_v2_iou70",
+                      "gt_known", "top1_loc", "cls_top1", "cls_top5", "pxap") if k in test]
+  lines = [f"{config.method} on {config.data.name} ({config.data.test_split} split)",
+           f"{'metric':<22}{'model':>10}{'center-Gaussian':>18}"]
+  for k in keys:
+    b = baseline.get(k)
+    lines.append(f"{k:<22}{test[k]:>10.2f}{(f'{b:.2f}' if b is not None else '-'):>18}")
+  print("\n".join(lines), flush=True)

@@ -1,0 +1,284 @@
+"""The one generic, config-driven training loop (every method plugs into it).
+
+``train_and_evaluate(config, workdir)``:
+
+1. mesh over all devices; the method (``config.method``) builds the model, its
+   loss and map function; the grain pipeline yields sharded global batches;
+2. the state ``{step, params, model_state, opt_state, rng}`` is created (pretrained
+   weights from ``config.model.pretrained``) or restored from the latest checkpoint
+   in ``workdir`` together with the data iterator — re-running a command resumes;
+3. a jitted step ``(state, batch) -> (state, metrics)`` (donated state, params
+   replicated, batch split over devices) runs with no host synchronisation; a
+   non-finite loss or gradient skips the update on device, and the host stops with
+   a message naming the step (checked before every save, so no bad checkpoint);
+4. periodic checkpoints (keep-last-k), evaluation on the selection split with the
+   best checkpoint kept, SIGTERM → save and exit cleanly;
+5. at the end: the selected model is exported to ``workdir/export`` and evaluated on
+   the test split next to the center-Gaussian baseline; ``results.json`` and overlay
+   PNGs are written.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import pathlib
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from wsol_jax import checkpoint as ckpt_lib
+from wsol_jax import data as data_lib
+from wsol_jax import methods as methods_lib
+from wsol_jax import optim, reporting, sharding
+from wsol_jax.data import config as data_config
+from wsol_jax.maps import postprocess
+from wsol_jax.models import pretrained as pretrained_lib
+
+log = logging.getLogger("wsol_jax.train")
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training produced a NaN/inf loss or gradient."""
+
+
+def make_train_step(method: methods_lib.Method, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule) -> Callable:
+  """``(state, batch) -> (state, metrics)``; pure, to be jitted with the state donated."""
+  mean, std = method.mean, method.std
+
+  def step(state: dict[str, Any], batch: dict[str, jax.Array]):
+    images = postprocess.normalize_images(batch["image"], mean, std)
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    model_state = state["model_state"]
+
+    def loss_fn(params):
+      return method.loss({"params": params, **model_state},
+                         {"image": images, "label": batch["label"]}, rng)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    def keep_if_finite(new, old):
+      return jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+    new_state = {
+        "step": state["step"] + 1,
+        "params": keep_if_finite(params, state["params"]),
+        "opt_state": keep_if_finite(opt_state, state["opt_state"]),
+        "model_state": keep_if_finite({**model_state, **aux.get("model_state", {})}, model_state),
+        "rng": state["rng"],
+    }
+    metrics = dict(aux.get("metrics", {}))
+    metrics.update(loss=loss, grad_norm=grad_norm, lr=schedule(state["step"]), finite=finite)
+    return new_state, metrics
+
+  return step
+
+
+def init_state(method: methods_lib.Method, tx: optax.GradientTransformation, seed: int
+               ) -> dict[str, Any]:
+  variables = method.init(jax.random.key(seed))
+  params = variables.pop("params")
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": variables,
+          "opt_state": tx.init(params),
+          "rng": jax.random.key_data(jax.random.key(seed + 1))}
+
+
+def variables_of(state: dict[str, Any]) -> dict[str, Any]:
+  return {"params": state["params"], **state["model_state"]}
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. some test runners)
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _schedule_length(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int, int]:
+  batch_size = int(config.training.batch_size)
+  steps_per_epoch = num_train // batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"training.batch_size={batch_size} is larger than the {num_train} training "
+                     "examples")
+  if int(config.training.total_steps) > 0:
+    total = int(config.training.total_steps)
+    num_epochs = math.ceil(total / steps_per_epoch)
+  else:
+    num_epochs = int(config.training.num_epochs)
+    total = num_epochs * steps_per_epoch
+  return steps_per_epoch, num_epochs, total
+
+
+def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]]) -> list[dict[str, float]]:
+  """Fetches pending per-step metrics; raises naming the first non-finite step."""
+  rows = []
+  for step, metrics in pending:
+    host = {k: float(np.asarray(v)) for k, v in metrics.items()}
+    if not host.pop("finite"):
+      raise NonFiniteLossError(
+          f"non-finite loss or gradient at step {step} (loss={host['loss']}, "
+          f"grad_norm={host['grad_norm']}); the update was skipped and training stopped. "
+          "The last checkpoint in the workdir is intact; lower the learning rate or check the data.")
+    rows.append({"step": step, **host})
+  return rows
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+                       ) -> dict[str, Any]:
+  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the results."""
+  workdir = pathlib.Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  reporting.setup_logging(workdir)
+  mesh = sharding.make_mesh(tuple(config.mesh.shape) or None)
+  method = methods_lib.get_method(config)
+  train_iter = data_lib.build_train_iterator(config.data, int(config.training.batch_size),
+                                             seed=int(config.seed))
+  if train_iter.num_classes != method.num_classes:
+    raise ValueError(f"model.num_classes={method.num_classes} but the dataset "
+                     f"{config.data.name!r} has {train_iter.num_classes} classes")
+  steps_per_epoch, num_epochs, total_steps = _schedule_length(config, len(train_iter.source))
+  schedule = optim.make_schedule(config, steps_per_epoch, num_epochs)
+  writer = reporting.MetricWriter(workdir)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+
+  # State: built once abstractly (for restore and shardings), then created or restored.
+  labels_fn = method.param_labels
+  dummy_params = jax.eval_shape(lambda: method.init_fresh(jax.random.key(0)))["params"]
+  tx = optim.make_optimizer(config, schedule, labels_fn(dummy_params))
+  replicated = sharding.replicated(mesh)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(config.checkpoint.keep))
+  abstract = jax.eval_shape(lambda: init_state(method, tx, int(config.seed)))
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+  start = checkpointer.latest_step()
+  if start is None:
+    state = jax.jit(lambda: init_state(method, tx, int(config.seed)), out_shardings=replicated)()
+    start = 0
+    log.info("starting a new run in %s: %d steps (%d epochs of %d steps)", workdir,
+             total_steps, num_epochs, steps_per_epoch)
+  else:
+    state = checkpointer.restore(abstract, train_iter)
+    log.info("resumed %s at step %d of %d", workdir, start, total_steps)
+
+  step_fn = jax.jit(make_train_step(method, tx, schedule), donate_argnums=(0,),
+                    in_shardings=(replicated, sharding.batch_sharding(mesh)),
+                    out_shardings=(replicated, replicated))
+  from wsol_jax.eval import evaluator as evaluator_lib
+  select_split = (data_config.resolve_split(config.data, "val")
+                  if config.eval.select_split == "val" else str(config.eval.select_split))
+  selector = (evaluator_lib.LocalizationEvaluator(method, config, select_split, mesh)
+              if select_split else None)
+
+  batch_size = int(config.training.batch_size)
+  log_every = max(int(config.training.log_every_steps), 1)
+  ckpt_every = max(int(config.checkpoint.every_steps), 1)
+  eval_every = int(config.eval.every_epochs) * steps_per_epoch
+  if int(config.eval.every_steps) > 0:
+    eval_every = int(config.eval.every_steps)
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
+  progress = reporting.Progress(total_steps, start, batch_size, disable=None)
+  step = start
+  try:
+    with _Preemption() as preemption:
+      while step < total_steps:
+        batch = sharding.global_batch(next(train_iter), mesh)
+        state, metrics = step_fn(state, batch)
+        step += 1
+        pending.append((step, metrics))
+        boundary = step % ckpt_every == 0 or step == total_steps or preemption.requested
+        if step % log_every == 0 or boundary:
+          rows = _check_finite(pending)
+          pending = []
+          writer.write_train(rows, epoch=(step - 1) / steps_per_epoch + 1)
+          progress.update(step, rows[-1])
+        if boundary:
+          checkpointer.save(step, state, train_iter, wait=preemption.requested)
+        if preemption.requested:
+          checkpointer.wait()
+          log.warning("SIGTERM: saved the checkpoint of step %d; re-run the same command to "
+                      "resume", step)
+          return {"preempted_at_step": step}
+        if selector is not None and eval_every > 0 and step % eval_every == 0 and step < total_steps:
+          _select(selector, checkpointer, writer, state, step, config)
+    progress.close()
+    if pending:
+      writer.write_train(_check_finite(pending), epoch=num_epochs)
+    if checkpointer.latest_step() != step:
+      checkpointer.save(step, state, train_iter)
+    checkpointer.wait()
+    if selector is not None:
+      _select(selector, checkpointer, writer, state, step, config)
+    return _finish(method, config, checkpointer, writer, state, step, mesh, workdir)
+  finally:
+    progress.close()
+    checkpointer.close()
+    writer.close()
+
+
+def _select(selector, checkpointer, writer, state, step, config) -> None:
+  """Evaluates on the selection split and keeps the best variables."""
+  variables = variables_of(state)
+  results = dict(selector.run(variables))
+  writer.write_eval(step, selector.split, results)
+  name = str(config.eval.select_metric)
+  if name not in results:
+    raise ValueError(f"eval.select_metric {name!r} is not a metric of the evaluator; "
+                     f"available: {sorted(results)}")
+  if checkpointer.save_best(step, jax.tree_util.tree_map(np.asarray, variables), results,
+                            results[name]):
+    log.info("step %d: new best %s %s = %.3f", step, selector.split, name, results[name])
+
+
+def _finish(method, config, checkpointer, writer, state, step, mesh, workdir) -> dict[str, Any]:
+  """Exports the selected model and evaluates it (and the baseline) on the test split."""
+  from wsol_jax.eval import evaluator as evaluator_lib
+  variables = jax.tree_util.tree_map(np.asarray, variables_of(state))
+  selected_step = step
+  best = checkpointer.restore_best(jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables))
+  if best is not None:
+    variables, selected_step = jax.tree_util.tree_map(np.asarray, best[0]), best[1]
+  meta = method.export_meta()
+  meta["selected_step"] = int(selected_step)
+  pretrained_lib.save_pretrained(workdir / "export", variables, meta, overwrite=True)
+  results: dict[str, Any] = {"selected_step": int(selected_step), "final_step": int(step)}
+  if config.eval.test_at_end and config.data.test_split:
+    tester = evaluator_lib.LocalizationEvaluator(method, config, config.data.test_split, mesh)
+    test = dict(tester.run(variables))
+    baseline = dict(tester.run_baseline())
+    writer.write_eval(step, config.data.test_split, test)
+    writer.write_eval(step, config.data.test_split + "/center_gaussian", baseline)
+    tester.write_overlays(variables, workdir / "overlays", int(config.eval.num_overlays))
+    results["test"] = test
+    results["center_gaussian"] = baseline
+    reporting.print_summary(config, test, baseline)
+  ckpt_lib.write_json(workdir / "results.json", results)
+  return results
