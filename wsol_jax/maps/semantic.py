@@ -31,3 +31,8 @@ def scm_maps(attn_cls: jax.Array, semantic: jax.Array) -> jax.Array:
   b, h, w, _ = semantic.shape
   f0 = postprocess.minmax(attention_sum(attn_cls), axes=(-1,)).reshape(b, 1, h, w)
   return f0 * jnp.transpose(semantic, (0, 3, 1, 2))
+
+
+def select_class(maps: jax.Array, targets: jax.Array) -> jax.Array:
+  """The target class's map of every image: (B, C, h, w), (B,) -> (B, h, w)."""
+  return jnp.take_along_axis(maps, targets[:, None, None, None].astype(jnp.int32), axis=1)[:, 0]
