@@ -56,6 +56,18 @@ def test_train_state_restore_mid_epoch_is_bit_identical(cfg):
   _assert_same(rest, _take(resumed, 5))
 
 
+def test_state_round_trips_through_grains_orbax_checkpoint_handler(cfg, tmp_path):
+  import grain.python as grain
+  from etils import epath
+  it = pipeline.build_train_iterator(cfg, batch_size=8, seed=1)
+  _take(it, 1)
+  grain.PyGrainCheckpointHandler().save(epath.Path(tmp_path), item=it)
+  rest = _take(it, 3)
+  resumed = pipeline.build_train_iterator(cfg, batch_size=8, seed=1)
+  grain.PyGrainCheckpointHandler().restore(epath.Path(tmp_path), item=resumed)
+  _assert_same(rest, _take(resumed, 3))
+
+
 def test_epochs_reshuffle_and_finite_runs_stop(cfg):
   it = pipeline.build_train_iterator(cfg, batch_size=8, seed=0)
   epochs = [np.concatenate([b["label"] for b in _take(it, 3)]) for _ in range(3)]

@@ -5,6 +5,7 @@ Entry points (``cfg_data`` fields are documented in ``wsol_jax.data.config``):
   it = build_train_iterator(cfg_data, batch_size=64, seed=0)
   batch = next(it)                      # this process's share of the global batch
   state = it.get_state()                # bytes; it.set_state(state) resumes exactly
+                                        # (orbax: grain.PyGrainCheckpointSave(it) / Restore)
   for batch in build_eval_iterator(cfg_data, "test", batch_size=64): ...
   info = dataset_info(cfg_data)         # num_classes, class_names, ...
 
@@ -201,6 +202,10 @@ class TrainIterator:
   def set_state(self, state: bytes) -> None:
     """Resumes from ``get_state()`` output (same config, seed, batch size, workers)."""
     self._it.set_state(state)
+
+  def start_prefetch(self) -> None:
+    """Starts worker prefetching early (called by grain's orbax checkpoint handler)."""
+    self._it.start_prefetch()
 
   def close(self) -> None:
     close = getattr(self._it, "close", None)

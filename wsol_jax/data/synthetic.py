@@ -191,16 +191,22 @@ class WsolSynthetic(tfds.core.GeneratorBasedBuilder):
         yield from examples
 
 
-class _DropCustomConfigWarning(logging.Filter):
-  """Hides TFDS's "Using custom data configuration" warning for our own configs."""
+class _DropExpectedTfdsWarnings(logging.Filter):
+  """Hides two TFDS warnings that are expected for wsol_synthetic: "Using custom
+  data configuration" (every parameter set is its own config) and "Variant
+  folder ... has no dataset_info.json" (checked before generating it)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    args = record.args if isinstance(record.args, tuple) else (record.args,)
-    return not (str(record.msg).startswith("Using custom data configuration")
-                and any(isinstance(a, WsolSyntheticConfig) for a in args))
+    msg = str(record.msg)
+    if msg.startswith("Using custom data configuration"):
+      args = record.args if isinstance(record.args, tuple) else (record.args,)
+      return not any(isinstance(a, WsolSyntheticConfig) for a in args)
+    if msg.startswith("Variant folder"):
+      return DATASET_NAME not in record.getMessage()
+    return True
 
 
-logging.getLogger("absl").addFilter(_DropCustomConfigWarning())
+logging.getLogger("absl").addFilter(_DropExpectedTfdsWarnings())
 
 
 @contextlib.contextmanager
