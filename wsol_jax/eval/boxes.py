@@ -23,6 +23,7 @@ all contours at once in integer numpy arithmetic (exactly ``cv2.boundingRect`` a
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Sequence
 
 import cv2
@@ -118,10 +119,50 @@ def _first_max_per_group(group: np.ndarray, value: np.ndarray) -> np.ndarray:
   return order[np.concatenate([[True], g[1:] != g[:-1]])]
 
 
+_CANVAS = threading.local()
+
+
+def _canvas(height: int, width: int) -> np.ndarray:
+  """A per-thread reusable (height, width) uint8 buffer with unspecified contents."""
+  buf = getattr(_CANVAS, "buf", None)
+  if buf is None or buf.size < height * width:
+    buf = _CANVAS.buf = np.empty(max(height * width, 1 << 20), np.uint8)
+  return buf[:height * width].reshape(height, width)
+
+
+def _trace_tiles(u: np.ndarray, t: np.ndarray, r0: np.ndarray, r1: np.ndarray, c0: np.ndarray,
+                 c1: np.ndarray, multi_contour: bool) -> tuple[np.ndarray, np.ndarray]:
+  """Traces the masks ``U > t_i`` cropped to rows r0..r1 / cols c0..c1 with one call.
+
+  Returns:
+    Per kept contour: the tile index (n,) in increasing order (OpenCV order within a tile)
+    and its bounding rectangle (n, 4) ``[x, y, x_last, y_last]`` in map coordinates.
+  """
+  tile_h, tile_w = r1 - r0 + 1, c1 - c0 + 1
+  tile_top = np.concatenate([[0], np.cumsum(tile_h + 1)[:-1]])  # one zero row between tiles
+  canvas = _canvas(int(tile_top[-1] + tile_h[-1] + 1), int(tile_w.max()))
+  for i in range(len(t)):  # cv2.threshold writes into the canvas view (2.5x numpy's >).
+    top, bottom = tile_top[i], tile_top[i] + tile_h[i]
+    cv2.threshold(u[r0[i]:r1[i] + 1, c0[i]:c1[i] + 1], float(t[i]), 1, cv2.THRESH_BINARY,
+                  dst=canvas[top:bottom, :tile_w[i]])
+    canvas[top:bottom, tile_w[i]:] = 0
+    canvas[bottom] = 0
+  contours = cv2.findContours(canvas, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+  rects, area2 = _contour_stats(contours, need_area=not multi_contour)
+  tile = np.searchsorted(tile_top, rects[:, 1], side="right") - 1
+  keep = (np.argsort(tile, kind="stable") if multi_contour
+          else _first_max_per_group(tile, area2))
+  tile = tile[keep]
+  offset = np.stack([c0[tile], r0[tile] - tile_top[tile]] * 2, axis=1)
+  return tile, rects[keep] + offset
+
+
 def contour_boxes(u: np.ndarray, int_thresholds: Sequence[int] | np.ndarray, *,
                   multi_contour: bool, clip: bool = True,
                   no_contour_box: Sequence[int] = _NO_CONTOUR_WSOL) -> ThresholdBoxes:
-  """Boxes of ``U > T`` for every integer threshold with one ``findContours`` call.
+  """Boxes of ``U > T`` for every integer threshold, as per-threshold ``findContours`` would.
+
+  The distinct non-empty masks are traced together by ``_trace_tiles``.
 
   Args:
     u: (H, W) uint8 quantised score map.
@@ -141,12 +182,12 @@ def contour_boxes(u: np.ndarray, int_thresholds: Sequence[int] | np.ndarray, *,
   # Foregrounds are nested, so masks with the same pixel count are the same mask.
   keys, first, mask_index = np.unique(above[t + 1], return_index=True, return_inverse=True)
   mask_t = t[first]
-  nonempty = np.flatnonzero(keys > 0)
   n_masks = len(keys)
-  empty_box = np.asarray(no_contour_box, dtype=np.int64)[None]
+  counts = np.ones(n_masks, np.int64)
+  nonempty = np.flatnonzero(keys > 0)
   if len(nonempty) == 0:
-    return ThresholdBoxes(np.repeat(empty_box, n_masks, axis=0), np.ones(n_masks, np.int64),
-                          mask_index.astype(np.int64))
+    return ThresholdBoxes(np.repeat(np.asarray([no_contour_box], np.int64), n_masks, axis=0),
+                          counts, mask_index.astype(np.int64))
 
   # Foreground rows/columns of each mask from prefix/suffix maxima of the row/column maxima.
   tiles_t = mask_t[nonempty]
@@ -155,39 +196,15 @@ def contour_boxes(u: np.ndarray, int_thresholds: Sequence[int] | np.ndarray, *,
   r1 = height - 1 - np.searchsorted(np.maximum.accumulate(row_max[::-1]), tiles_t, side="right")
   c0 = np.searchsorted(np.maximum.accumulate(col_max), tiles_t, side="right")
   c1 = width - 1 - np.searchsorted(np.maximum.accumulate(col_max[::-1]), tiles_t, side="right")
-  tile_h = r1 - r0 + 1
-  tile_top = np.concatenate([[0], np.cumsum(tile_h + 1)[:-1]])
-  canvas = np.zeros((int(tile_top[-1] + tile_h[-1] + 1), int((c1 - c0).max() + 1)), np.uint8)
-  for i in range(len(tiles_t)):  # cv2.threshold writes into the canvas view (2.5x numpy's >).
-    cv2.threshold(u[r0[i]:r1[i] + 1, c0[i]:c1[i] + 1], float(tiles_t[i]), 1, cv2.THRESH_BINARY,
-                  dst=canvas[tile_top[i]:tile_top[i] + tile_h[i], :c1[i] - c0[i] + 1])
-
-  contours = cv2.findContours(canvas, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-  rects, area2 = _contour_stats(contours, need_area=not multi_contour)
-  tile = np.searchsorted(tile_top, rects[:, 1], side="right") - 1
-  if multi_contour:
-    keep = np.argsort(tile, kind="stable")
-  else:
-    keep = _first_max_per_group(tile, area2)
-  rects, tile = rects[keep], tile[keep]
-  dx, dy = c0[tile], r0[tile] - tile_top[tile]
-  x0, y0 = rects[:, 0] + dx, rects[:, 1] + dy
-  x1, y1 = rects[:, 2] + 1 + dx, rects[:, 3] + 1 + dy
-  if clip:
-    x1, y1 = np.minimum(x1, width - 1), np.minimum(y1, height - 1)
-  tile_boxes = np.stack([x0, y0, x1, y1], axis=1)
-
-  counts = np.ones(n_masks, np.int64)
+  tile, rects = _trace_tiles(u, tiles_t, r0, r1, c0, c1, multi_contour)
   counts[nonempty] = np.bincount(tile, minlength=len(nonempty))
-  is_empty = np.ones(n_masks, bool)
-  is_empty[nonempty] = False
+  is_empty = np.repeat(keys == 0, counts)
   boxes = np.empty((int(counts.sum()), 4), np.int64)
-  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-  boxes[starts[is_empty]] = empty_box
-  rows = np.repeat(starts[nonempty], counts[nonempty]) + (
-      np.arange(len(tile)) - np.repeat(np.cumsum(counts[nonempty]) - counts[nonempty],
-                                       counts[nonempty]))
-  boxes[rows] = tile_boxes
+  boxes[~is_empty] = np.concatenate([rects[:, :2], rects[:, 2:] + 1], axis=1)
+  if clip:
+    boxes[:, 2] = np.minimum(boxes[:, 2], width - 1)
+    boxes[:, 3] = np.minimum(boxes[:, 3], height - 1)
+  boxes[is_empty] = no_contour_box
   return ThresholdBoxes(boxes, counts, mask_index.astype(np.int64))
 
 

@@ -61,10 +61,26 @@ def calculate_multiple_iou(box_a: np.ndarray, box_b: np.ndarray) -> np.ndarray:
   return ious
 
 
+def check_scoremap_validity(scoremap: np.ndarray) -> None:
+  """Official score-map check (``np.float`` read as float64)."""
+  if not isinstance(scoremap, np.ndarray):
+    raise TypeError(f"Scoremap must be a numpy array; it is {type(scoremap)}.")
+  if scoremap.dtype != np.float64:
+    raise TypeError(f"Scoremap must be of np.float type; it is of {scoremap.dtype} type.")
+  if len(scoremap.shape) != 2:
+    raise ValueError(f"Scoremap must be a 2D array; it is {len(scoremap.shape)}D.")
+  if np.isnan(scoremap).any():
+    raise ValueError("Scoremap must not contain nans.")
+  if (scoremap > 1).any() or (scoremap < 0).any():
+    raise ValueError("Scoremap must be in range [0, 1]."
+                     f"scoremap.min()={scoremap.min()}, scoremap.max()={scoremap.max()}.")
+
+
 def compute_bboxes_from_scoremaps(scoremap: np.ndarray, scoremap_threshold_list: Sequence[float],
                                   multi_contour_eval: bool = False
                                   ) -> tuple[list[np.ndarray], list[int]]:
   """Official box mining: one threshold + ``findContours`` call per threshold."""
+  check_scoremap_validity(scoremap)
   height, width = scoremap.shape
   scoremap_image = np.expand_dims((scoremap * 255).astype(np.uint8), 2)
 
