@@ -176,3 +176,18 @@ def test_random_maps_match_the_official_loop_box_for_box(multi_contour):
     assert [len(b) for b in got] == counts
     for g, r in zip(got, ref):
       np.testing.assert_array_equal(g, r)
+
+
+def test_fine_delta_dedupes_masks_and_chunked_canvas(monkeypatch):
+  rng = np.random.default_rng(3)
+  m = rng.random((12, 15)) ** 2
+  m /= m.max()
+  thresholds = boxes.cam_thresholds(0.001)  # 1000 thresholds, at most 256 distinct masks
+  tb = boxes.threshold_boxes(m, thresholds, multi_contour=True)
+  assert len(tb.counts) <= 256 and len(tb.mask_index) == 1000
+  monkeypatch.setattr(boxes, "_MAX_CANVAS_PIXELS", 200)  # forces many findContours chunks
+  for multi_contour in (False, True):
+    ref, _ = reference.compute_bboxes_from_scoremaps(m, thresholds, multi_contour)
+    got = boxes.threshold_boxes(m, thresholds, multi_contour=multi_contour).per_threshold()
+    for g, r in zip(got, ref):
+      np.testing.assert_array_equal(g, r)

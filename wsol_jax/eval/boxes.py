@@ -31,6 +31,7 @@ import numpy as np
 
 _NO_CONTOUR_WSOL = (0, 0, 0, 0)
 _NO_CONTOUR_TSCAM = (0, 0, 1, 1)
+_MAX_CANVAS_PIXELS = 1 << 23  # 8 MiB canvas; a 224x224 sweep of 100 thresholds needs < 5 MiB
 
 
 def cam_thresholds(delta: float = 0.01) -> np.ndarray:
@@ -196,7 +197,16 @@ def contour_boxes(u: np.ndarray, int_thresholds: Sequence[int] | np.ndarray, *,
   r1 = height - 1 - np.searchsorted(np.maximum.accumulate(row_max[::-1]), tiles_t, side="right")
   c0 = np.searchsorted(np.maximum.accumulate(col_max), tiles_t, side="right")
   c1 = width - 1 - np.searchsorted(np.maximum.accumulate(col_max[::-1]), tiles_t, side="right")
-  tile, rects = _trace_tiles(u, tiles_t, r0, r1, c0, c1, multi_contour)
+  # Trace in chunks of at most _MAX_CANVAS_PIXELS canvas pixels (bounded memory).
+  chunk = np.cumsum((r1 - r0 + 2) * (c1 - c0 + 1)) // _MAX_CANVAS_PIXELS
+  tiles, rects = [], []
+  for c in np.unique(chunk):
+    sel = np.flatnonzero(chunk == c)
+    tile, rect = _trace_tiles(u, tiles_t[sel], r0[sel], r1[sel], c0[sel], c1[sel],
+                              multi_contour)
+    tiles.append(sel[tile])
+    rects.append(rect)
+  tile, rects = np.concatenate(tiles), np.concatenate(rects)
   counts[nonempty] = np.bincount(tile, minlength=len(nonempty))
   is_empty = np.repeat(keys == 0, counts)
   boxes = np.empty((int(counts.sum()), 4), np.int64)
