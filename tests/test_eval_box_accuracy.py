@@ -30,9 +30,9 @@ def test_metrics_golden_parity(golden, version, multi_contour):
 
 
 def test_v1_boxes_golden(golden):
-  got = np.stack([boxes.threshold_boxes(m, golden["cam_thresholds"]).flat()[0]
-                  for m in golden["maps"]])
-  np.testing.assert_array_equal(got, golden["v1_boxes"])
+  flat = [boxes.threshold_boxes(m, golden["cam_thresholds"]).flat() for m in golden["maps"]]
+  np.testing.assert_array_equal(np.stack([f[1] for f in flat]), golden["v1_num_boxes"])
+  np.testing.assert_array_equal(np.stack([f[0] for f in flat]), golden["v1_boxes"])
 
 
 def test_v2_boxes_golden(golden):

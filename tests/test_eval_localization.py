@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from wsol_jax.eval import localization, reference
+from wsol_jax.eval import iou, localization, reference
 
 H = W = 16
 
@@ -127,3 +127,28 @@ def test_scm_gate_variants_and_inclusive_half():
     assert acc.compute().loc_correct[0, 1, 0] == loc5
   with pytest.raises(ValueError, match="loc_gate"):
     localization.ScmLocalization(loc_gate="any")
+
+
+def test_tscam_on_golden_maps(golden_dir):
+  """Top-5 maps rebuilt the TS-CAM way (float32 cv2 INTER_LINEAR + min-max) from tscam.npz."""
+  import cv2  # pylint: disable=import-outside-toplevel
+  g = np.load(golden_dir / "tscam.npz")
+  targets = np.load(golden_dir / "inputs.npz")["targets"]
+
+  def resize_cam(cam):
+    cam = cv2.resize(cam, (224, 224))
+    return (cam - cam.min()) / (cam.max() - cam.min())
+
+  np.testing.assert_array_equal(np.stack([resize_cam(c[t]) for c, t in zip(g["cams"], targets)]),
+                                g["map224"])
+  idx = localization.top_k_indices(g["logits"], 5)
+  maps = np.stack([[resize_cam(g["cams"][b, j]) for j in idx[b]] for b in range(4)])
+  gt = np.array([[[40, 40, 180, 200]]] * 4)
+  acc = localization.TsCamLocalization(cam_thr=0.1)
+  out = acc.update(maps, idx, targets, gt, gt_maps=g["map224"])
+  expected = np.array([[40, 40, 180, 200]])
+  assert (idx == targets[:, None]).any()  # some target class is among the top-5 predictions
+  for b in range(4):
+    assert out["gt_known_iou"][b] == iou.max_iou(g["box_thr010"][b:b + 1], expected)[0]
+    for j in np.flatnonzero(idx[b] == targets[b]):
+      np.testing.assert_array_equal(out["boxes"][b, j], g["box_thr010"][b])
