@@ -29,7 +29,8 @@ def test_thresholds_and_quantisation():
   assert t[57] == 0.5700000000000001  # one of the 10 ulp-high values
   np.testing.assert_array_equal(boxes.integer_thresholds(255, t), (255 * np.arange(100)) // 100)
   assert boxes.quantize(np.array([[1 / 255, 0.999999, 1.0]])).tolist() == [[1, 254, 255]]
-  assert boxes.quantize(np.array([np.nan, 0.5], np.float32)).tolist() == [0, 127]
+  nan_map = np.array([np.nan, 0.5], np.float32)
+  assert boxes.quantize(nan_map, nan_to_zero=True).tolist() == [0, 127]
 
 
 def test_evaluation_test_goldens():
