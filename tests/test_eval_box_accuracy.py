@@ -1,4 +1,4 @@
-"""MaxBoxAcc / MaxBoxAccV2: parity with the official wsolevaluation run (metrics.npz), toy goldens."""
+"""MaxBoxAcc / MaxBoxAccV2: parity with the official run (metrics.npz) and toy goldens."""
 import numpy as np
 import pytest
 

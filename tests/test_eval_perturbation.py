@@ -57,9 +57,9 @@ def test_matches_numpy_port_of_agcam(setup):
 
 
 def test_counts_and_ranks():
-  np.testing.assert_array_equal(perturbation.removal_counts(224 * 224, perturbation.AGCAM_FRACTIONS),
-                                [0, 5017, 10035, 15052, 20070, 25088, 30105, 35123, 40140, 45158,
-                                 50176])
+  counts = perturbation.removal_counts(224 * 224, perturbation.AGCAM_FRACTIONS)
+  np.testing.assert_array_equal(counts, [0, 5017, 10035, 15052, 20070, 25088, 30105, 35123,
+                                         40140, 45158, 50176])
   ranks = perturbation.pixel_ranks(jnp.array([[[0.3, 0.1], [0.2, 0.9]]]))
   np.testing.assert_array_equal(ranks, [[2, 0, 1, 3]])
 

@@ -18,13 +18,13 @@ def center_gaussian(height: int, width: int,
     height: map height H.
     width: map width W.
     sigma_fraction: standard deviation as a fraction of the shorter side,
-      ``σ = sigma_fraction·min(H, W)``. The default 0.25 makes the lowest swept thresholds
-      (τ = 0.01 reaches radius ≈ 3σ) cover the whole map, so the τ sweep visits every centred
-      box size; the maps of other σ differ only in which τ gives which box.
+      ``σ = sigma_fraction·min(H, W)``. With the default 0.25 the level set at τ = 0.01 has
+      a radius of about 3σ (past the map edge), so the τ sweep covers centred boxes from a few
+      pixels up to the whole map.
 
   Returns:
-    (H, W) float64 map with min 0 and max 1 (all zeros for a 1×1 map; pixel centres at integer coordinates, the
-    centre at ((W-1)/2, (H-1)/2)).
+    (H, W) float64 map with min 0 and max 1 (all zeros for a 1×1 map), pixel centres at
+    integer coordinates and the Gaussian centred at ((W-1)/2, (H-1)/2).
   """
   if sigma_fraction <= 0:
     raise ValueError(f"sigma_fraction must be positive, got {sigma_fraction}")
