@@ -32,10 +32,17 @@ def attribution_fn(lrp_model):
 
 
 @pytest.fixture(scope="module")
-def golden_maps(lrp_model, attribution_fn, golden_inputs):
-  _, variables = lrp_model
+def golden_out(lrp_model, golden_inputs):
+  """attention_relevance of the 4 golden images (golden targets) and their maps."""
+  model, variables = lrp_model
   images, targets = golden_inputs
-  return np.asarray(attribution_fn(variables, images, targets))
+
+  @jax.jit
+  def run(v, x, t):
+    out = lrp.attention_relevance(model, v, x, t)
+    return out, lrp.attribution_from_relevance(out.attn_grads, out.attn_relevance, (14, 14))
+  out, maps = run(variables, images, targets)
+  return jax.tree.map(np.asarray, out), np.asarray(maps)
 
 
 def _assert_close_to_map_max(actual, desired, rtol):
@@ -47,73 +54,70 @@ def _assert_close_to_map_max(actual, desired, rtol):
   assert np.all(err <= rtol * scale), f"max abs diff {err}, allowed {rtol * scale}"
 
 
-def test_golden_logits_of_the_lrp_model(lrp_model, golden_inputs, golden_dir):
-  model, variables = lrp_model
+def test_golden_logits_of_the_lrp_model(golden_out, golden_dir):
   gold = np.load(golden_dir / "lrp.npz")
-  logits, _ = jax.jit(model.apply)(variables, golden_inputs[0])
-  np.testing.assert_allclose(logits, gold["logits"], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(golden_out[0].logits, gold["logits"], atol=1e-5, rtol=0)
 
 
-def test_golden_raw_maps(golden_maps, golden_dir):
+def test_golden_raw_maps(golden_out, golden_dir):
+  maps = golden_out[1]
   gold = np.load(golden_dir / "lrp.npz")
-  assert golden_maps.shape == (4, 14, 14)
-  _assert_close_to_map_max(golden_maps, gold["raw"], RAW_RTOL)
-  _assert_close_to_map_max(golden_maps, np.load(golden_dir / "vitol.npz")["lrp_raw"], RAW_RTOL)
+  assert maps.shape == (4, 14, 14)
+  _assert_close_to_map_max(maps, gold["raw"], RAW_RTOL)
+  _assert_close_to_map_max(maps, np.load(golden_dir / "vitol.npz")["lrp_raw"], RAW_RTOL)
 
 
 @pytest.mark.parametrize("key, method", [("map224_hila", "bilinear"), ("map224_vitol", "bicubic")])
-def test_golden_postprocessed_maps(golden_maps, golden_dir, key, method):
+def test_golden_postprocessed_maps(golden_out, golden_dir, key, method):
   gold = np.load(golden_dir / "lrp.npz")[key]
-  maps = resize_and_normalize(jnp.asarray(golden_maps), (224, 224), method)
+  maps = resize_and_normalize(jnp.asarray(golden_out[1]), (224, 224), method)
   np.testing.assert_allclose(maps, gold, atol=MAP224_ATOL, rtol=0)
 
 
-def test_batch_of_four_equals_four_batches_of_one(lrp_model, attribution_fn, golden_maps,
+def test_batch_of_four_equals_four_batches_of_one(lrp_model, attribution_fn, golden_out,
                                                  golden_inputs):
   _, variables = lrp_model
   images, targets = golden_inputs
   singles = np.concatenate([attribution_fn(variables, images[i:i + 1], targets[i:i + 1])
                             for i in range(4)])
-  _assert_close_to_map_max(singles, golden_maps, 1e-4)
+  _assert_close_to_map_max(singles, golden_out[1], 1e-4)
 
 
-def test_argmax_targets_and_given_gradients(lrp_model, golden_inputs):
+def test_argmax_targets_given_gradients_and_start_layer(lrp_model, golden_inputs):
   model, variables = lrp_model
   images = golden_inputs[0][:2]
-  logits, _ = model.apply(variables, images)
-  out = jax.jit(lambda v, x: lrp.attention_relevance(model, v, x))(variables, images)
-  np.testing.assert_array_equal(out.targets, np.argmax(logits, -1))
-  np.testing.assert_allclose(out.logits, logits, atol=1e-6)
+
+  @jax.jit
+  def run(v, x):
+    out = lrp.attention_relevance(model, v, x)  # targets = argmax
+    def picked(delta):  # plain autograd through the model's attn_delta
+      lg, _ = model.apply(v, x, attn_delta=delta)
+      return jnp.sum(lg[jnp.arange(2), out.targets])
+    grads = jax.grad(picked)(jnp.zeros(out.attn_grads.shape))
+    given = lrp.transformer_attribution(model, v, x, out.targets, attn_grads=grads)
+    part = lrp.attention_relevance(model, v, x, out.targets, start_layer=2)
+    plain, _ = model.apply(v, x)
+    return out, grads, given, part, plain
+
+  out, grads, given, part, plain = run(variables, images)
+  np.testing.assert_array_equal(out.targets, np.argmax(plain, -1))
+  np.testing.assert_allclose(out.logits, plain, atol=1e-6)
   assert out.attn_relevance.shape == out.attn_grads.shape == (4, 2, 3, 197, 197)
-
-  # The gradients are plain autograd ∂y_target/∂A_l (the model's attn_delta).
-  def picked(delta):
-    lg, _ = model.apply(variables, images, attn_delta=delta)
-    return jnp.sum(lg[jnp.arange(2), out.targets])
-  grads = jax.jit(jax.grad(picked))(jnp.zeros(out.attn_grads.shape))
   np.testing.assert_allclose(out.attn_grads, grads, atol=1e-6 * float(jnp.abs(grads).max()))
-
-  fn = jax.jit(lambda v, x, t, g: lrp.transformer_attribution(model, v, x, t, attn_grads=g))
-  own = fn(variables, images, out.targets, None)
-  given = fn(variables, images, out.targets, grads)
+  own = lrp.attribution_from_relevance(out.attn_grads, out.attn_relevance, (14, 14))
   _assert_close_to_map_max(given, own, 1e-5)
-  none_targets = jax.jit(lambda v, x: lrp.transformer_attribution(model, v, x))(variables, images)
-  _assert_close_to_map_max(none_targets, own, 1e-6)
+  # Blocks below start_layer are not propagated; the others are unchanged.
+  assert not np.asarray(part.attn_relevance[:2]).any()
+  np.testing.assert_allclose(part.attn_relevance[2:], out.attn_relevance[2:], rtol=0,
+                             atol=1e-6 * float(jnp.abs(out.attn_relevance).max()))
 
 
 @pytest.mark.parametrize("start_layer", [0, 1, 3])
-def test_rollout_is_the_unnormalised_product_of_official_matrices(lrp_model, golden_inputs,
-                                                                  start_layer):
-  model, variables = lrp_model
-  images, targets = golden_inputs[0][:2], golden_inputs[1][:2]
-  out = jax.jit(lambda v, x, t: lrp.attention_relevance(model, v, x, t, start_layer=start_layer))(
-      variables, images, targets)
-  maps = jax.jit(lambda v, x, t: lrp.transformer_attribution(model, v, x, t,
-                                                            start_layer=start_layer))(
-      variables, images, targets)
-  grads = np.asarray(out.attn_grads, np.float64)
-  rel = np.asarray(out.attn_relevance, np.float64)
-  assert not rel[:start_layer].any() and rel[start_layer:].any()
+def test_rollout_is_the_unnormalised_product_of_official_matrices(golden_out, start_layer):
+  out = golden_out[0]
+  maps = lrp.attribution_from_relevance(out.attn_grads, out.attn_relevance, (14, 14), start_layer)
+  grads = np.asarray(out.attn_grads[:, :2], np.float64)
+  rel = np.asarray(out.attn_relevance[:, :2], np.float64)
   for b in range(2):
     # compute_rollout_attention of ViT_LRP.py: every matrix + I, no row normalisation.
     mats = [np.clip(grads[l, b] * rel[l, b], 0, None).mean(0) + np.eye(197) for l in range(4)]
@@ -123,123 +127,111 @@ def test_rollout_is_the_unnormalised_product_of_official_matrices(lrp_model, gol
     _assert_close_to_map_max(np.asarray(maps[b:b + 1]), joint[None, 0, 1:], 1e-5)
 
 
-def test_attention_relevance_does_not_depend_on_start_layer(lrp_model, golden_inputs):
-  model, variables = lrp_model
-  images, targets = golden_inputs[0][:1], golden_inputs[1][:1]
-  full = lrp.attention_relevance(model, variables, images, targets).attn_relevance
-  part = lrp.attention_relevance(model, variables, images, targets, start_layer=2).attn_relevance
-  np.testing.assert_array_equal(part[2:], full[2:])
-
-
 def test_other_models_and_bad_arguments_are_refused():
-  model = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2,
-                            num_classes=3, head="conv3x3")
   x = jnp.zeros((1, 32, 32, 3))
-  variables = model.init(jax.random.key(0), x)
+  kw = dict(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=3)
   with pytest.raises(ValueError, match="linear class-token head"):
-    lrp.transformer_attribution(model, variables, x)
-  model = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2,
-                            num_classes=3)
-  variables = model.init(jax.random.key(0), x)
+    lrp.transformer_attribution(VisionTransformer(**kw, head="conv3x3"), {}, x)
   with pytest.raises(ValueError, match="start_layer"):
-    lrp.transformer_attribution(model, variables, x, start_layer=2)
+    lrp.transformer_attribution(VisionTransformer(**kw), {}, x, start_layer=2)
   with pytest.raises(TypeError, match="VisionTransformer"):
-    lrp.transformer_attribution(object(), variables, x)
+    lrp.transformer_attribution(object(), {}, x)
 
 
-def test_small_model_any_grid_and_batch_independence():
+def test_small_model_on_another_grid():
   model = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2,
                             num_classes=3)
   x = jax.random.normal(jax.random.key(2), (3, 48, 32, 3))  # 6x4 grid, other than img_size
-  variables = model.init(jax.random.key(0), x[:1])
-  fn = jax.jit(lambda v, x, t: lrp.transformer_attribution(model, v, x, t))
-  t = jnp.array([0, 2, 1])
-  maps = fn(variables, x, t)
+  variables = jax.jit(model.init)(jax.random.key(0), x[:1])
+  maps = jax.jit(lambda v, x: lrp.transformer_attribution(model, v, x))(variables, x)
   assert maps.shape == (3, 6, 4) and bool(jnp.all(jnp.isfinite(maps)))
-  assert bool(jnp.all(maps >= 0))  # product of non-negative matrices
-  for i in range(3):
-    _assert_close_to_map_max(fn(variables, x[i:i + 1], t[i:i + 1]), maps[i:i + 1], 1e-4)
+  assert bool(jnp.all(maps >= 0)) and bool(jnp.any(maps > 0))  # non-negative matrices
 
 
 # ----------------------------------------------------------------------------- rules
 
 
 def test_sdiv_matches_official_safe_divide():
-  a = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0])
-  b = jnp.array([2.0, 0.0, -1e-9, 1e-9, -4.0], jnp.float32)
-  out = np.asarray(rules.sdiv(a, b))
-  eps = np.float32(1e-9)
-  np.testing.assert_allclose(out[0], 1.0 / (2.0 + eps))
-  assert out[1] == 0.0                                     # b = 0 -> 0
+  a = np.array([1.0, 2.0, 3.0, 4.0, 5.0], np.float32)
+  b = np.array([2.0, 0.0, -1e-9, 1e-9, -4.0], np.float32)
+  out = np.asarray(jax.jit(rules.sdiv)(a, b))
+  np.testing.assert_allclose(out[0], 1.0 / (2.0 + 1e-9))
+  assert out[1] == 0.0                                       # b = 0 -> 0
   np.testing.assert_allclose(out[2], 3.0 / 1e-9, rtol=1e-6)  # b + 1e-9 = 0 -> 1e-9
   np.testing.assert_allclose(out[3], 4.0 / 2e-9, rtol=1e-6)
   np.testing.assert_allclose(out[4], 5.0 / -4.0)
 
 
 def test_linear_rule_conserves_relevance_without_bias():
-  kx, kw, kr = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, (3, 7, 16))
-  kernel = jax.random.normal(kw, (16, 8))
-  r = jax.random.normal(kr, (3, 7, 8))
-  r_in = rules.linear_rule(x, kernel, r)
+  rng = np.random.RandomState(0)
+  x = rng.randn(3, 7, 16).astype(np.float32)
+  kernel = rng.randn(16, 8).astype(np.float32)
+  r = rng.randn(3, 7, 8).astype(np.float32)
+  r_in = np.asarray(jax.jit(rules.linear_rule)(x, kernel, r))
   assert r_in.shape == x.shape
-  # Z = x⁺W⁺ + x⁻W⁻ > 0 here, so Σ R_in = Σ_j R_j Z_j / (Z_j + 1e-9) = Σ R per row.
-  np.testing.assert_allclose(r_in.sum(-1), r.sum(-1), rtol=1e-5, atol=1e-5)
-  # Explicit α1β0 formula.
   xp, xn = np.maximum(x, 0), np.minimum(x, 0)
   wp, wn = np.maximum(kernel, 0), np.minimum(kernel, 0)
-  s = np.asarray(r) / (xp @ wp + xn @ wn + 1e-9)
+  z = xp @ wp + xn @ wn
+  assert np.all(z > 0)
+  # Z ≠ 0, so Σ R_in = Σ_j R_j Z_j / (Z_j + 1e-9) = Σ R, per token.
+  np.testing.assert_allclose(r_in.sum(-1), r.sum(-1), rtol=1e-5, atol=1e-5)
+  # The explicit α1β0 formula.
+  s = r / (z + 1e-9)
   np.testing.assert_allclose(r_in, xp * (s @ wp.T) + xn * (s @ wn.T), rtol=1e-5, atol=1e-6)
 
 
 def test_linear_rule_ignores_bias_and_gives_zero_where_z_is_zero():
-  x = jnp.array([[1.0, -1.0]])
-  kernel = jnp.array([[-1.0, 2.0], [1.0, 3.0]])  # output 0: Z = 0·1 + ... = 0 (W⁺x⁺ + W⁻x⁻)
-  r = jnp.array([[5.0, 1.0]])
-  r_in = rules.linear_rule(x, kernel, r)
-  # Z_0 = max(-1,0)*1 + min(1,0)*(-1) = 0 -> S_0 = 0; Z_1 = 2*1 + 0 = 2.
-  np.testing.assert_allclose(r_in, [[1.0 * 2.0 / (2.0 + 1e-9), 0.0]], rtol=1e-6)
+  x = np.array([[1.0, -1.0]], np.float32)
+  kernel = np.array([[-1.0, 2.0], [1.0, 3.0]], np.float32)
+  r = np.array([[5.0, 1.0]], np.float32)
+  r_in = jax.jit(rules.linear_rule)(x, kernel, r)
+  # Z_0 = x⁺W⁺ + x⁻W⁻ = 1·0 + (−1)·0 = 0 -> S_0 = 0; Z_1 = 1·2 + 0 = 2, R_x = x⁺ ⊙ W⁺ S.
+  np.testing.assert_allclose(r_in, [[2.0 / (2.0 + 1e-9), 0.0]], rtol=1e-6)
 
 
 def test_add_rule_preserves_relevance_per_image():
-  ka, kb, kr = jax.random.split(jax.random.key(1), 3)
-  a = jax.random.normal(ka, (3, 5, 4))
-  b = jax.random.normal(kb, (3, 5, 4)) * jnp.array([1.0, 5.0, 0.1])[:, None, None]
-  r = jax.random.normal(kr, (3, 5, 4))
-  ra, rb = rules.add_rule(a, b, r)
+  rng = np.random.RandomState(1)
+  a = rng.randn(3, 5, 4).astype(np.float32)
+  b = (rng.randn(3, 5, 4) * np.array([1.0, 5.0, 0.1])[:, None, None]).astype(np.float32)
+  r = rng.randn(3, 5, 4).astype(np.float32)
+  add = jax.jit(rules.add_rule)
+  ra, rb = map(np.asarray, add(a, b, r))
   np.testing.assert_allclose(ra.sum((1, 2)) + rb.sum((1, 2)), r.sum((1, 2)), rtol=1e-5, atol=1e-5)
   # Shares follow |ΣRₐ| : |ΣR_b| of the unscaled gradient × input terms.
   s = r / (a + b + 1e-9)
   sa, sb = (a * s).sum((1, 2)), (b * s).sum((1, 2))
-  np.testing.assert_allclose(ra.sum((1, 2)), jnp.abs(sa) / (jnp.abs(sa) + jnp.abs(sb)) * r.sum((1, 2)),
+  np.testing.assert_allclose(ra.sum((1, 2)), np.abs(sa) / (np.abs(sa) + np.abs(sb)) * r.sum((1, 2)),
                              rtol=1e-4, atol=1e-6)
   # Images are independent: each equals its own batch of one.
   for i in range(3):
-    ra1, rb1 = rules.add_rule(a[i:i + 1], b[i:i + 1], r[i:i + 1])
+    ra1, rb1 = add(a[i:i + 1], b[i:i + 1], r[i:i + 1])
     np.testing.assert_allclose(ra1[0], ra[i], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(rb1[0], rb[i], rtol=1e-6, atol=1e-7)
 
 
 def test_matmul_relevance_halves_conserve():
-  kq, kk, kr = jax.random.split(jax.random.key(2), 3)
-  q = jax.random.normal(kq, (2, 6, 3, 4))   # (B, N, H, d)
-  k = jax.random.normal(kk, (2, 6, 3, 4))
-  r = jax.random.normal(kr, (2, 3, 6, 6))   # (B, H, N, N)
-  rq, rk = rules.bilinear_rule("bqhd,bkhd->bhqk", q, k, r)
+  rng = np.random.RandomState(2)
+  q = rng.randn(2, 6, 3, 4).astype(np.float32)   # (B, N, H, d)
+  k = rng.randn(2, 6, 3, 4).astype(np.float32)
+  r = rng.randn(2, 3, 6, 6).astype(np.float32)   # (B, H, N, N)
+  rq, rk = map(np.asarray, jax.jit(rules.bilinear_rule, static_argnums=0)(
+      "bqhd,bkhd->bhqk", q, k, r))
   # Each operand alone carries all of ΣR (z is linear in it), so the halves conserve it.
   np.testing.assert_allclose(rq.sum(), r.sum(), rtol=1e-4)
   np.testing.assert_allclose(rk.sum(), r.sum(), rtol=1e-4)
   np.testing.assert_allclose((rq / 2).sum() + (rk / 2).sum(), r.sum(), rtol=1e-4)
   # Explicit gradient × input.
-  s = r / (jnp.einsum("bqhd,bkhd->bhqk", q, k) + 1e-9)
-  np.testing.assert_allclose(rq, q * jnp.einsum("bhqk,bkhd->bqhd", s, k), rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(rk, k * jnp.einsum("bhqk,bqhd->bkhd", s, q), rtol=1e-4, atol=1e-5)
+  s = r / (np.einsum("bqhd,bkhd->bhqk", q, k) + 1e-9)
+  np.testing.assert_allclose(rq, q * np.einsum("bhqk,bkhd->bqhd", s, k), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(rk, k * np.einsum("bhqk,bqhd->bkhd", s, q), rtol=1e-4, atol=1e-5)
 
 
 def test_clone_and_select_rules():
-  x = jnp.array([[[1.0, -2.0], [3.0, 0.0]]])   # (B=1, N=2, D=2)
-  r1 = jnp.array([[[0.5, 1.0], [2.0, 1.0]]])
-  r2 = jnp.array([[[0.5, -1.0], [1.0, 1.0]]])
-  np.testing.assert_allclose(rules.clone_rule(x, (r1, r2)), [[[1.0, 0.0], [3.0, 0.0]]], rtol=1e-6)
-  sel = rules.select_rule(x, jnp.array([[4.0, 6.0]]))
+  x = np.array([[[1.0, -2.0], [3.0, 0.0]]], np.float32)   # (B=1, N=2, D=2)
+  r1 = np.array([[[0.5, 1.0], [2.0, 1.0]]], np.float32)
+  r2 = np.array([[[0.5, -1.0], [1.0, 1.0]]], np.float32)
+  # x ⊙ Σ sdiv(Rᵢ, x): x = 0 gives 0 (no relevance through a zero input).
+  np.testing.assert_allclose(jax.jit(rules.clone_rule)(x, (r1, r2)), [[[1.0, 0.0], [3.0, 0.0]]],
+                             rtol=1e-6)
+  sel = jax.jit(rules.select_rule)(x, np.array([[4.0, 6.0]], np.float32))
   np.testing.assert_allclose(sel, [[[4.0, 6.0], [0.0, 0.0]]], rtol=1e-6)

@@ -216,6 +216,24 @@ def rollout_without_normalization(cams: jax.Array, start_layer: int = 0) -> jax.
   return row
 
 
+def attribution_from_relevance(attn_grads: jax.Array, attn_relevance: jax.Array,
+                               grid_shape: tuple[int, int], start_layer: int = 0) -> jax.Array:
+  """Rollout of ``mean_h relu(∂y/∂A_l ⊙ R^A_l) + I`` (no row normalisation) -> maps.
+
+  Args:
+    attn_grads: (L, B, H, N, N) ``∂y_target/∂A_l``.
+    attn_relevance: (L, B, H, N, N) ``R^A_l``.
+    grid_shape: patch grid (h, w) with h·w = N − 1.
+    start_layer: first layer of the product.
+
+  Returns:
+    (B, h, w) raw maps ``R[0, 1:]``.
+  """
+  cams = jnp.mean(jax.nn.relu(attn_grads * attn_relevance), axis=2)  # (L, B, N, N)
+  row = rollout_without_normalization(cams, start_layer)
+  return row[:, 1:].reshape(row.shape[0], *grid_shape)
+
+
 def transformer_attribution(model: nn.Module, variables: Any, images: jax.Array,
                             targets: jax.Array | None = None, attn_grads: jax.Array | None = None,
                             start_layer: int = 0) -> jax.Array:
@@ -237,7 +255,5 @@ def transformer_attribution(model: nn.Module, variables: Any, images: jax.Array,
     (B, h, w) raw maps on the patch grid (row-major patches).
   """
   out = attention_relevance(model, variables, images, targets, attn_grads, start_layer)
-  cams = jnp.mean(jax.nn.relu(out.attn_grads * out.attn_relevance), axis=2)  # (L, B, N, N)
-  row = rollout_without_normalization(cams, start_layer)
-  gh, gw = model.grid_shape(images.shape[1], images.shape[2])
-  return row[:, 1:].reshape(images.shape[0], gh, gw)
+  grid = model.grid_shape(images.shape[1], images.shape[2])
+  return attribution_from_relevance(out.attn_grads, out.attn_relevance, grid, start_layer)
