@@ -62,3 +62,19 @@ def test_to_image_size_uses_each_kinds_official_kernel():
                                   maps.resize_and_normalize(x, (32, 48), method))
   with pytest.raises(ValueError, match="unknown map kind"):
     maps.upsample_method("gradcam")
+
+
+@pytest.mark.parametrize("method", ["bicubic", "bilinear"])
+def test_host_resize_is_opencv_plus_normalize_scoremap(method):
+  x = np.random.default_rng(4).normal(size=(14, 14)).astype(np.float32)
+  got = maps.resize_and_normalize_host(x, (375, 500), method)
+  ref = cv2.resize(x.astype(np.float64), (500, 375), interpolation=CV2[method])
+  ref -= ref.min()  # wsolevaluation normalize_scoremap
+  ref /= ref.max()
+  assert got.shape == (375, 500) and got.dtype == np.float64
+  np.testing.assert_allclose(got, ref, atol=1e-15)
+  np.testing.assert_array_equal(maps.resize_and_normalize_host(np.ones((4, 4)), (8, 8), method), 0)
+  with jax.enable_x64(True):  # integer factors: the same numbers as the jax resize
+    np.testing.assert_allclose(maps.resize_and_normalize_host(x, (224, 224), method),
+                               maps.resize_and_normalize(x.astype(np.float64), (224, 224), method),
+                               atol=1e-12)

@@ -10,7 +10,8 @@ High level (model, variables, NHWC normalised images (B, H, W, 3)) -> ``(maps, l
   passes -> ({kind: (B, h, w)}, logits); ``jitted(model, kinds)`` compiles it.
 
 Raw maps live on the feature grid (h, w); ``to_image_size(raw, (H, W), kind)`` applies the
-official resize + min-max. ``targets=None`` explains the argmax class; gradient maps take
+official resize + min-max
+(``resize_and_normalize_host``: one map at any size with OpenCV on the host). ``targets=None`` explains the argmax class; gradient maps take
 every image's gradient from ONE backward pass over the batch.
 
 Array level: ``tscam_maps``/``scm_maps`` take the class-token attention rows (L, B, H, N)
@@ -22,7 +23,8 @@ from wsol_jax.maps.agcam import agcam, agcam_from_rows
 from wsol_jax.maps.attention import AttentionPass, attention_pass
 from wsol_jax.maps.cam import cam, cam_from_features, class_maps
 from wsol_jax.maps.compute import KINDS, compute, jitted, to_image_size, upsample_method
-from wsol_jax.maps.postprocess import minmax, normalize_images, resize, resize_and_normalize
+from wsol_jax.maps.postprocess import (minmax, normalize_images, resize, resize_and_normalize,
+                                      resize_and_normalize_host)
 from wsol_jax.maps.rollout import attention_rollout, gar, gradient_rollout, rollout
 from wsol_jax.maps.semantic import attention_sum, scm_maps, select_class, tscam_maps
 from wsol_jax.maps.targets import resolve_targets
@@ -30,6 +32,7 @@ from wsol_jax.maps.targets import resolve_targets
 __all__ = [
     "KINDS", "AttentionPass", "agcam", "agcam_from_rows", "attention_pass", "attention_rollout",
     "attention_sum", "cam", "cam_from_features", "class_maps", "compute", "gar", "gradient_rollout",
-    "jitted", "minmax", "normalize_images", "resize", "resize_and_normalize", "resolve_targets",
+    "jitted", "minmax", "normalize_images", "resize", "resize_and_normalize",
+    "resize_and_normalize_host", "resolve_targets",
     "rollout", "scm_maps", "select_class", "to_image_size", "tscam_maps", "upsample_method",
 ]

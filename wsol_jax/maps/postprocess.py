@@ -4,15 +4,22 @@ Resizing reproduces the official code exactly (half-pixel centres, edge clamp):
 ``'bilinear'`` = OpenCV INTER_LINEAR = torch ``interpolate(bilinear, align_corners=False)``;
 ``'bicubic'`` = OpenCV INTER_CUBIC (Keys a = −0.75, replicated border), which is
 ``jax.image.resize`` method ``'cubic-pytorch'`` — plain ``'cubic'`` (a = −0.5) does NOT match.
+
+``resize_and_normalize_host`` is the host-side (numpy/OpenCV) twin for one map at an
+arbitrary size (e.g. an image's original resolution): the official ``cv2.resize`` call
+itself, without a compilation per distinct size.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+import cv2
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 RESIZE_METHODS = {"bilinear": "linear", "bicubic": "cubic-pytorch"}
+CV2_METHODS = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 
 
 def resize(maps: jax.Array, size: Sequence[int], method: str = "bilinear") -> jax.Array:
@@ -41,6 +48,25 @@ def minmax(maps: jax.Array, axes: Sequence[int] = (-2, -1)) -> jax.Array:
 def resize_and_normalize(maps: jax.Array, size: Sequence[int], method: str = "bilinear") -> jax.Array:
   """The evaluation pipeline of every method: resize to ``size``, then min-max per map."""
   return minmax(resize(maps, size, method))
+
+
+def resize_and_normalize_host(raw: np.ndarray, size: Sequence[int], method: str = "bilinear"
+                              ) -> np.ndarray:
+  """One (h, w) map -> (H, W) float64 in [0, 1]: ``cv2.resize`` in float64, then guarded min-max.
+
+  ``size`` is (H, W). This is wsolevaluation's ``cv2.resize`` + ``normalize_scoremap``
+  (ViTOL, CAM); for bilinear it equals TS-CAM/SCM/AG-CAM up to float32 rounding.
+  """
+  if method not in CV2_METHODS:
+    raise ValueError(f"unknown resize method {method!r}; valid: {sorted(CV2_METHODS)}")
+  raw = np.asarray(raw, np.float64)
+  if raw.ndim != 2:
+    raise ValueError(f"expected one (h, w) map, got shape {raw.shape}")
+  out = cv2.resize(raw, (int(size[1]), int(size[0])), interpolation=CV2_METHODS[method])
+  lo, hi = out.min(), out.max()
+  if not np.isfinite(out).all() or hi <= lo:
+    return np.zeros_like(out)
+  return (out - lo) / (hi - lo)
 
 
 def normalize_images(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
