@@ -32,8 +32,6 @@ import os
 import time
 from typing import Any, Iterator
 
-import cv2
-import numpy as np
 import tensorflow_datasets as tfds
 
 from wsol_jax.data import synthetic_render
@@ -42,9 +40,6 @@ DATASET_NAME = "wsol_synthetic"
 SPLITS = ("train", "val", "test")
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 _PARALLEL_MIN_IMAGES = 600  # below this, worker start-up costs more than it saves
-# Fast lossless PNG: Huffman-only deflate (the pixel noise defeats LZ77 anyway).
-_PNG_FLAGS = [cv2.IMWRITE_PNG_COMPRESSION, 1,
-              cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,35 +95,11 @@ class WsolSyntheticConfig(tfds.core.BuilderConfig):
                description=f"wsol_synthetic {json.dumps(params.to_dict(), sort_keys=True)}")
 
 
-def _encode_png(array: np.ndarray) -> bytes:
-  """PNG bytes of an RGB (H,W,3) or gray (H,W) uint8 array (cv2 is BGR, hence the flip)."""
-  if array.ndim == 3:
-    array = array[..., ::-1]
-  ok, buf = cv2.imencode(".png", np.ascontiguousarray(array), _PNG_FLAGS)
-  if not ok:
-    raise RuntimeError("PNG encoding failed")
-  return buf.tobytes()
-
-
 def render_encoded(params: SyntheticParams, split: str, start: int,
                    stop: int) -> list[tuple[int, dict[str, Any]]]:
   """Renders images [start, stop) of a split as TFDS-ready (key, example) pairs."""
-  names = synthetic_render.class_names(params.render.num_classes)
-  out = []
-  for i in range(start, stop):
-    rng = np.random.default_rng([params.seed, _SPLIT_CODES[split], i])
-    ex = synthetic_render.render_example(rng, params.render)
-    h, w = ex.mask.shape
-    x0, y0, x1, y1 = (float(v) for v in ex.box)
-    out.append((i, {
-        "image": _encode_png(ex.image),
-        "image/filename": f"{names[ex.label]}/{split}_{i:06d}.png",
-        "label": ex.label,
-        "label_name": names[ex.label],
-        "bbox": tfds.features.BBox(ymin=y0 / h, xmin=x0 / w, ymax=y1 / h, xmax=x1 / w),
-        "segmentation_mask": _encode_png(ex.mask.astype(np.uint8) * 255),
-    }))
-  return out
+  return synthetic_render.render_examples(params.render, params.seed, _SPLIT_CODES[split],
+                                          split, start, stop)
 
 
 class WsolSynthetic(tfds.core.GeneratorBasedBuilder):
@@ -180,7 +151,9 @@ class WsolSynthetic(tfds.core.GeneratorBasedBuilder):
     starts = range(0, n, chunk)
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe once JAX threads exist
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-      futures = [pool.submit(render_encoded, params, split, s, min(s + chunk, n)) for s in starts]
+      # Workers import only synthetic_render (numpy, PIL, cv2), not TFDS.
+      futures = [pool.submit(synthetic_render.render_examples, params.render, params.seed,
+                             _SPLIT_CODES[split], split, s, min(s + chunk, n)) for s in starts]
       for s, fut in zip(starts, futures):
         try:
           examples = fut.result()

@@ -39,8 +39,9 @@ CUB = "caltech_birds2011"
 STANFORD_DOGS = "stanford_dogs"
 
 _PREPARE_HINT = (
-    "Prepare it once on a machine with network access and TensorFlow installed "
-    "(`pip install tensorflow`):\n"
+    "Prepare it once on a machine with network access, TensorFlow and importlib_resources "
+    "(`pip install tensorflow importlib_resources`; TFDS 4.9.10 needs the latter to prepare "
+    "but does not install it):\n"
     "  tfds build {name} --data_dir={data_dir} --file_format=array_record\n"
     "or set the data config's `download=True` (same requirements). "
     "Reading the prepared data afterwards needs no TensorFlow.")
