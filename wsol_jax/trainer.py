@@ -66,7 +66,8 @@ def make_train_step(method: methods_lib.Method, tx: optax.GradientTransformation
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
+                             for g in jax.tree_util.tree_leaves(grads)))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     def keep_if_finite(new, old):

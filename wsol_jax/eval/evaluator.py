@@ -162,29 +162,42 @@ class LocalizationEvaluator:
     yield "gt_known", float(correct1.max() * 100.0 / n)
 
   def write_overlays(self, variables: Any, out_dir: pathlib.Path, count: int) -> list[pathlib.Path]:
-    """Overlay PNGs of the best and worst images (IoU at the optimal threshold) of the last run."""
+    """Overlay PNGs of the best and worst images of the last ``run`` for a person to look at.
+
+    Images are ranked by their V2 IoU at the threshold that is optimal for IoU 50; each
+    PNG shows the heatmap on the original image, the ground-truth boxes (blue) and the
+    predicted box at that threshold (green).
+    """
     if count <= 0 or self.last_best_iou is None or len(self.last_best_iou) == 0:
       return []
+    from PIL import Image
+
     from wsol_jax import viz
+    from wsol_jax.data import transforms
     table = self.last_best_iou
-    k = int(np.nanargmax(np.nanmean(table[:, 1:] >= 0.5, axis=0)))
-    order = np.argsort(table[:, 1 + k])
-    picks = [("worst", int(i)) for i in order[:count // 2]] + \
-            [("best", int(i)) for i in order[::-1][:count - count // 2]]
+    k = int(np.argmax(np.mean(table[:, 1:] >= 0.5, axis=0)))
+    threshold = k * self.delta
+    order = np.argsort(table[:, 1 + k], kind="stable")
+    picks = [("worst", r) for r in order[:count // 2]] + [("best", r) for r in order[::-1][:count - count // 2]]
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     source = self.iterator.source
+    row_fn = transforms.EvalRow(self.map_size, self.iterator.info.max_boxes, False)
     written = []
-    for tag, row in picks:
-      index = int(table[row, 0])
+    for tag, r in picks:
+      index = int(table[r, 0])
       record = source[index]
+      row = row_fn.map(record)
+      maps, _ = self._predict(variables, jnp.asarray(row["image"][None]),
+                              jnp.asarray([int(row["label"])], jnp.int32))
       image = np.asarray(record["image"])
-      resized = np.asarray(jax.image.resize(image.astype(np.float32), self.map_size + (3,), "linear"))
-      maps, _ = self._predict(variables, jnp.asarray(np.repeat(resized[None], 1, 0)),
-                              jnp.asarray([int(record["label"])], jnp.int32))
-      path = out_dir / f"{tag}_{index}_iou{table[row, 1 + k]:.2f}.png"
-      viz.save_overlay(path, image, np.asarray(maps[0]), threshold=float(k * self.delta),
-                       gt_boxes=np.asarray(record["boxes"]))
+      heat = postprocess.resize_and_normalize_host(np.asarray(maps[0]), image.shape[:2], self.upsample)
+      box = viz.largest_contour_box(heat, threshold)
+      picture = viz.show_cam_on_image(image, heat)
+      picture = viz.draw_boxes(picture, np.round(record["boxes"]).astype(np.int64), color=(0, 0, 255))
+      picture = viz.draw_boxes(picture, box[None], color=(0, 255, 0))
+      path = out_dir / f"{tag}_{index:06d}_iou{table[r, 1 + k]:.2f}.png"
+      Image.fromarray(picture).save(path)
       written.append(path)
     return written
 

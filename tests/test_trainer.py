@@ -1,0 +1,156 @@
+"""End-to-end training on the synthetic dataset: CLI runs, exact resume, data parallel, NaN, SIGTERM."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from wsol_jax import config_lib, methods, optim, sharding, trainer
+from wsol_jax import train as train_cli
+from wsol_jax.models import load_pretrained
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+  return tmp_path_factory.mktemp("tfds")
+
+
+def _args(method: str, workdir, data_dir, *extra: str) -> list[str]:
+  return ["--config", str(ROOT / f"configs/{method}_synthetic.py:smoke"), "--workdir", str(workdir),
+          f"--config.data.data_dir={data_dir}", *extra]
+
+
+def _final_params(workdir: pathlib.Path, step: int):
+  path = workdir / "checkpoints" / str(step) / "state"
+  return ocp.StandardCheckpointer().restore(path.absolute())["params"]
+
+
+@pytest.mark.parametrize("method", ["tscam", "scm"])
+def test_training_through_the_cli(method, tmp_path, data_dir, capsys):
+  workdir = tmp_path / method
+  assert train_cli.main(_args(method, workdir, data_dir)) == 0
+  out = capsys.readouterr().out
+  assert "center-Gaussian" in out and "maxboxacc_v2" in out
+  results = json.loads((workdir / "results.json").read_text())
+  assert 0 <= results["test"]["maxboxacc_v2"] <= 100
+  assert results["center_gaussian"]["maxboxacc_v2"] > 0
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train_rows = [r for r in rows if r["split"] == "train"]
+  assert [r["step"] for r in train_rows] == list(range(1, len(train_rows) + 1))
+  assert all(np.isfinite(r["loss"]) for r in train_rows)
+  assert {"val", "test", "test/center_gaussian"} <= {r["split"] for r in rows}
+  variables, meta = load_pretrained(workdir / "export")
+  assert meta["method"] == method and meta["selected_step"] >= 1
+  assert ("scm" in variables["params"]) == (method == "scm")
+  pngs = sorted((workdir / "overlays").glob("*.png"))
+  assert len(pngs) == 2
+  for png in pngs:
+    with Image.open(png) as im:
+      assert im.size[0] >= 32 and im.mode == "RGB"
+
+
+def _run(args, **kw):
+  return subprocess.run([sys.executable, "-m", "wsol_jax.train", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600, **kw)
+
+
+def _wait_for(path: pathlib.Path, proc: subprocess.Popen, timeout: float = 300):
+  start = time.time()
+  while not path.exists():
+    if proc.poll() is not None:
+      raise AssertionError(f"training ended before {path} appeared: {proc.stderr.read()}")
+    if time.time() - start > timeout:
+      proc.kill()
+      raise AssertionError(f"{path} did not appear")
+    time.sleep(0.05)
+
+
+RESUME = ("--config.training.total_steps=40", "--config.checkpoint.every_steps=4",
+          "--config.eval.every_epochs=100", "--config.eval.test_at_end=False")
+
+
+def test_sigkill_then_rerun_gives_bit_identical_parameters(tmp_path, data_dir):
+  reference = tmp_path / "reference"
+  done = _run(_args("tscam", reference, data_dir, *RESUME))
+  assert done.returncode == 0, done.stderr[-3000:]
+  killed = tmp_path / "killed"
+  args = _args("tscam", killed, data_dir, *RESUME)
+  proc = subprocess.Popen([sys.executable, "-m", "wsol_jax.train", *args], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  _wait_for(killed / "checkpoints" / "4", proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  steps = sorted(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps and steps[-1] < 40, steps
+  again = _run(args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"resumed {killed} at step {steps[-1]}" in again.stderr
+  a, b = _final_params(reference, 40), _final_params(killed, 40)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
+  workdir = tmp_path / "term"
+  args = _args("tscam", workdir, data_dir, "--config.training.total_steps=400",
+               "--config.checkpoint.every_steps=4", "--config.eval.every_epochs=1000")
+  proc = subprocess.Popen([sys.executable, "-m", "wsol_jax.train", *args], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  _wait_for(workdir / "checkpoints" / "4", proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  saved = [line for line in err.splitlines() if "SIGTERM: saved the checkpoint of step" in line]
+  assert saved, err[-3000:]
+  step = int(saved[0].split("step ")[1].split(";")[0])
+  assert (workdir / "checkpoints" / str(step)).is_dir() and step < 400
+  assert not (workdir / "results.json").exists()
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, capsys):
+  workdir = tmp_path / "nan"
+  code = train_cli.main(_args("tscam", workdir, data_dir, "--config.optimizer.lr=1e30",
+                              "--config.checkpoint.every_steps=1", "--config.training.log_every_steps=1"))
+  err = capsys.readouterr().err
+  assert code == 1 and "non-finite loss or gradient at step" in err
+  bad_step = int(err.split("at step ")[1].split()[0])
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved and saved[-1] == bad_step - 1
+  params = _final_params(workdir, saved[-1])
+  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
+
+
+@pytest.mark.parametrize("method", ["tscam", "scm"])
+def test_eight_devices_give_the_loss_of_one(method):
+  cfg = config_lib.load(str(ROOT / "configs/tscam_synthetic.py:smoke"))
+  cfg.method = method
+  cfg.model.num_classes = 6
+  m = methods.get_method(cfg)
+  sched = optim.make_schedule(cfg, 10, 1)
+  params = jax.eval_shape(lambda: m.init_fresh(jax.random.key(0)))["params"]
+  tx = optim.make_optimizer(cfg, sched, m.param_labels(params))
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+           "label": rng.integers(0, 6, (16,), dtype=np.int32)}
+  out = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    assert len(jax.devices()) == 8
+    mesh = sharding.make_mesh(devices=devices)
+    rep = sharding.replicated(mesh)
+    state = jax.jit(lambda: trainer.init_state(m, tx, 0), out_shardings=rep)()
+    step = jax.jit(trainer.make_train_step(m, tx, sched), in_shardings=(rep, sharding.batch_sharding(mesh)),
+                   out_shardings=(rep, rep))
+    new_state, metrics = step(state, sharding.global_batch(batch, mesh))
+    out.append((float(metrics["loss"]), jax.tree_util.tree_map(np.asarray, new_state["params"])))
+  assert abs(out[0][0] - out[1][0]) <= 1e-6
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), out[0][1], out[1][1])
