@@ -6,6 +6,11 @@ the images with ``IoU*_{i,k} >= δ/100`` (inclusive), ``BoxAcc(τ_k, δ) = 100·
 ``MaxBoxAcc(δ) = max_k BoxAcc``; each δ picks its own τ. MaxBoxAccV2 is the mean over δ of
 ``MaxBoxAcc(δ)`` with V2 boxes. Only integer counters (and a float sum for mIoU) are kept, so
 the result does not depend on batch order or size.
+
+V2 best IoUs come by default from ``components`` (connected components of every thresholded
+mask in one numba sweep per map, bit-identical to the official loop, no contour tracing);
+``method="contours"`` selects the OpenCV path of ``boxes``, which V1 always uses (its
+largest-``contourArea`` choice needs the contours themselves).
 """
 from __future__ import annotations
 
@@ -17,7 +22,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from wsol_jax.eval import boxes as boxes_lib
+from wsol_jax.eval import components as components_lib
 from wsol_jax.eval import iou as iou_lib
+
+METHODS = ("components", "contours")
 
 
 def check_scoremaps(scoremaps: np.ndarray) -> None:
@@ -31,9 +39,41 @@ def check_scoremaps(scoremaps: np.ndarray) -> None:
     raise ValueError(f"Scoremap must be in range [0, 1]; min={low}, max={high}.")
 
 
+def resolve_method(multi_contour: bool, method: str | None) -> str:
+  """The box-mining method: ``components`` (V2 only; default for V2) or ``contours``."""
+  if method is None:
+    return "components" if multi_contour else "contours"
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+  if method == "components" and not multi_contour:
+    raise ValueError("method='components' gives V2 boxes only; V1 (largest contourArea) needs "
+                     "method='contours'")
+  return method
+
+
+def check_gt_batch(gt_boxes: np.ndarray) -> None:
+  """``iou.valid_gt`` on every image of (B, G, 4) GT boxes; raises the first image's error."""
+  gt = np.asarray(gt_boxes)
+  real = gt[..., 0] >= 0
+  bad = real & ((gt < 0).any(-1) | (gt[..., 2] < gt[..., 0]) | (gt[..., 3] < gt[..., 1]))
+  fail = bad.any(1) | ~real.any(1)
+  if fail.any():
+    iou_lib.valid_gt(gt[int(np.argmax(fail))])  # RuntimeError on an invalid box
+    raise ValueError("an image has no ground-truth box")
+
+
+def quantize_batch(scoremaps: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray,
+                                                                           np.ndarray]:
+  """``U = uint8(255·S)`` and ``T_k = int(τ_k·max U)`` of (B, H, W) maps -> (B, H, W), (B, K)."""
+  u = boxes_lib.quantize(scoremaps)
+  u_max = u.reshape(len(u), -1).max(axis=1) if u.size else np.zeros(len(u), np.uint8)
+  taus = np.asarray(thresholds, dtype=np.float64)
+  return u, np.trunc(taus[None, :] * u_max[:, None].astype(np.float64)).astype(np.int64)
+
+
 def best_iou_per_threshold(scoremap: np.ndarray, gt_boxes: np.ndarray,
                            thresholds: Sequence[float] | np.ndarray, *,
-                           multi_contour: bool) -> np.ndarray:
+                           multi_contour: bool, method: str | None = None) -> np.ndarray:
   """Best IoU over mined boxes and GT boxes at every threshold for one map.
 
   Args:
@@ -41,11 +81,18 @@ def best_iou_per_threshold(scoremap: np.ndarray, gt_boxes: np.ndarray,
     gt_boxes: (G, 4) int GT boxes on the map grid; rows with ``x0 < 0`` are padding.
     thresholds: (K,) score-map thresholds.
     multi_contour: V2 boxes (all contours) instead of V1 (largest contour).
+    method: ``"components"`` (default for V2) or ``"contours"`` (OpenCV; the V1 default).
 
   Returns:
     (K,) float64 best IoUs, bit-identical to the official accumulate loop.
   """
   gt = iou_lib.valid_gt(gt_boxes)
+  if resolve_method(multi_contour, method) == "components":
+    if len(gt) == 0:
+      raise ValueError("an image has no ground-truth box")
+    u = boxes_lib.quantize(scoremap)
+    t = boxes_lib.integer_thresholds(int(u.max()) if u.size else 0, thresholds)
+    return components_lib.best_ious(u, t, gt)
   tb = boxes_lib.threshold_boxes(scoremap, thresholds, multi_contour=multi_contour)
   per_mask = np.maximum.reduceat(iou_lib.max_iou(tb.boxes, gt), tb.offsets)
   return per_mask[tb.mask_index]
@@ -109,12 +156,13 @@ class BoxAccuracy:
 
   ``multi_contour=True`` (wsolevaluation's default ``box_v2_metric``) mines V2 boxes; use
   ``multi_contour=False`` with δ = 50 for the CVPR'20 MaxBoxAcc (V1). The RFGA paper reports
-  V1 boxes at ``iou_thresholds=(50, 60, 70, 80, 90)``.
+  V1 boxes at ``iou_thresholds=(50, 60, 70, 80, 90)``. V2 uses the connected-component sweep
+  unless ``method="contours"``; both give identical numbers.
   """
 
   def __init__(self, thresholds: Sequence[float] | np.ndarray | None = None, *,
                delta: float = 0.01, iou_thresholds: Sequence[float] = (30, 50, 70),
-               multi_contour: bool = True, num_threads: int = 1):
+               multi_contour: bool = True, num_threads: int = 1, method: str | None = None):
     """Creates the accumulator.
 
     Args:
@@ -122,14 +170,18 @@ class BoxAccuracy:
       delta: threshold step (``cam_curve_interval``) used when ``thresholds`` is None.
       iou_thresholds: IoU thresholds δ in percent, compared as ``IoU >= δ/100``.
       multi_contour: V2 (all contours) instead of V1 (largest contour).
-      num_threads: worker threads over the maps of a batch. OpenCV releases the GIL, but each
-        map makes ~100 short cv2 calls, so on a busy 2-core machine threads measured slower
-        (GIL hand-offs); raise it on idle multi-core hosts. Results do not depend on it.
+      num_threads: worker threads over the maps of a batch (both methods release the GIL;
+        with ``contours`` each map makes ~100 short cv2 calls, so on a busy 2-core machine
+        threads measured slower); raise it on idle multi-core hosts. Results do not depend
+        on it.
+      method: ``"components"`` (V2 default: numba connected components) or ``"contours"``
+        (OpenCV ``findContours``; the only V1 method).
     """
     self.thresholds = (boxes_lib.cam_thresholds(delta) if thresholds is None
                        else np.asarray(thresholds, dtype=np.float64))
     self.iou_thresholds = tuple(iou_thresholds)
     self.multi_contour = multi_contour
+    self.method = resolve_method(multi_contour, method)
     self.num_threads = max(1, int(num_threads))
     self.reset()
 
@@ -165,12 +217,25 @@ class BoxAccuracy:
     best = np.full((len(maps), len(self.thresholds)), np.nan)
     if len(rows) == 0:
       return best
-    check_scoremaps(maps if len(rows) == len(maps) else maps[rows])
-    results = parallel_map(
-        lambda j: best_iou_per_threshold(maps[rows[j]], gt[rows[j]], self.thresholds,
-                                         multi_contour=self.multi_contour),
-        len(rows), self.num_threads)
-    best[rows] = np.stack(results)
+    all_rows = len(rows) == len(maps)
+    check_scoremaps(maps if all_rows else maps[rows])
+    if self.method == "components":
+      kept_gt = gt if all_rows else gt[rows]
+      check_gt_batch(kept_gt)
+      u, t = quantize_batch(maps if all_rows else maps[rows], self.thresholds)
+      chunks = np.array_split(np.arange(len(rows)), min(self.num_threads, len(rows)))
+      results = parallel_map(
+          lambda j: components_lib.best_ious_batch(u[chunks[j]], t[chunks[j]],
+                                                   kept_gt[chunks[j]]),
+          len(chunks), self.num_threads)
+      best[rows] = np.concatenate(results)
+    else:
+      results = parallel_map(
+          lambda j: best_iou_per_threshold(maps[rows[j]], gt[rows[j]], self.thresholds,
+                                           multi_contour=self.multi_contour,
+                                           method="contours"),
+          len(rows), self.num_threads)
+      best[rows] = np.stack(results)
     kept = best[rows]
     for j, delta_iou in enumerate(self.iou_thresholds):
       self._num_correct[j] += (kept >= delta_iou / 100).sum(axis=0)

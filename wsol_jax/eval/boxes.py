@@ -220,7 +220,7 @@ def contour_boxes(u: np.ndarray, int_thresholds: Sequence[int] | np.ndarray, *,
 
 
 def threshold_boxes(scoremap: np.ndarray, thresholds: Sequence[float] | np.ndarray, *,
-                    multi_contour: bool = False) -> ThresholdBoxes:
+                    multi_contour: bool = False, method: str = "contours") -> ThresholdBoxes:
   """wsolevaluation ``compute_bboxes_from_scoremaps`` for one map.
 
   Args:
@@ -228,13 +228,22 @@ def threshold_boxes(scoremap: np.ndarray, thresholds: Sequence[float] | np.ndarr
       float64).
     thresholds: (K,) score-map thresholds τ (e.g. ``cam_thresholds(0.01)``).
     multi_contour: V2 (all contours) instead of V1 (largest contour).
+    method: ``"contours"`` (OpenCV, boxes in OpenCV's order) or ``"components"`` (V2 only:
+      ``components.component_boxes``, the same boxes per threshold in another order).
 
   Returns:
     ThresholdBoxes; ``per_threshold()`` gives the official list of (n_k, 4) boxes.
   """
   u = quantize(scoremap)
-  return contour_boxes(u, integer_thresholds(int(u.max()), thresholds),
-                       multi_contour=multi_contour, clip=True)
+  t = integer_thresholds(int(u.max()) if u.size else 0, thresholds)
+  if method == "components":
+    if not multi_contour:
+      raise ValueError("method='components' gives V2 boxes only")
+    from wsol_jax.eval import components  # pylint: disable=import-outside-toplevel
+    return components.component_boxes(u, t)
+  if method != "contours":
+    raise ValueError(f"unknown method {method!r}")
+  return contour_boxes(u, t, multi_contour=multi_contour, clip=True)
 
 
 def tscam_boxes(scoremap: np.ndarray, cam_thrs: Sequence[float] | float) -> np.ndarray:
