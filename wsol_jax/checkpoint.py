@@ -135,3 +135,27 @@ def write_json(path: pathlib.Path, obj: Any) -> None:
   tmp = path.with_suffix(path.suffix + ".tmp")
   tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
   tmp.replace(path)
+
+
+def load_variables(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
+  """Variables to evaluate from a model directory or a training workdir.
+
+  Accepts (in this order) a model directory (``wsol_model.json``: ``weights_convert``
+  output or a trainer export), a workdir's ``export/``, or a workdir's latest
+  training checkpoint. Returns ``(variables, meta or None, description)``.
+  """
+  from wsol_jax.models import pretrained
+  path = pathlib.Path(path).absolute()
+  for candidate in (path, path / "export"):
+    if (candidate / pretrained.META_FILE).is_file():
+      variables, meta = pretrained.load_pretrained(candidate)
+      return variables, meta, str(candidate)
+  manager_dir = path / "checkpoints"
+  if manager_dir.is_dir():
+    steps = sorted(int(p.name) for p in manager_dir.iterdir() if p.name.isdigit())
+    if steps:
+      state = ocp.StandardCheckpointer().restore(manager_dir / str(steps[-1]) / "state")
+      variables = {"params": state["params"], **dict(state.get("model_state", {}) or {})}
+      return to_numpy_tree(variables), None, f"{manager_dir / str(steps[-1])}"
+  raise FileNotFoundError(
+      f"{path}: no model to evaluate (expected wsol_model.json, export/ or checkpoints/<step>/)")

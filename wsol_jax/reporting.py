@@ -88,11 +88,12 @@ class Progress:
     self._bar.close()
 
 
-def print_summary(config: Any, test: Mapping[str, float], baseline: Mapping[str, float]) -> None:
-  """Prints the test metrics next to the center-Gaussian baseline."""
-  keys = [k for k in ("maxboxacc_v2", "maxboxacc_v2_iou30", "maxboxacc_v2_iou50", "maxboxacc_v2_iou70",
-                      "gt_known", "top1_loc", "cls_top1", "cls_top5", "pxap") if k in test]
-  lines = [f"{config.method} on {config.data.name} ({config.data.test_split} split)",
+def print_summary(config: Any, test: Mapping[str, float], baseline: Mapping[str, float],
+                  split: str | None = None) -> None:
+  """Prints the metrics of a split next to the center-Gaussian baseline."""
+  keys = [k for k in test if k not in ("num_examples", "num_skipped")]
+  lines = [f"{config.method} on {config.data.name} ({split or config.data.test_split} split, "
+           f"{int(test.get('num_examples', 0))} images)",
            f"{'metric':<22}{'model':>10}{'center-Gaussian':>18}"]
   for k in keys:
     b = baseline.get(k)

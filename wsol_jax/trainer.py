@@ -272,7 +272,8 @@ def _finish(method, config, checkpointer, writer, state, step, mesh, workdir) ->
   pretrained_lib.save_pretrained(workdir / "export", variables, meta, overwrite=True)
   results: dict[str, Any] = {"selected_step": int(selected_step), "final_step": int(step)}
   if config.eval.test_at_end and config.data.test_split:
-    tester = evaluator_lib.LocalizationEvaluator(method, config, config.data.test_split, mesh)
+    tester = evaluator_lib.LocalizationEvaluator(method, config, config.data.test_split, mesh,
+                                                 protocols=True)
     test = dict(tester.run(variables))
     baseline = dict(tester.run_baseline())
     writer.write_eval(step, config.data.test_split, test)

@@ -20,6 +20,9 @@ Metrics (percent):
                                        ground-truth map equals the predicted map when correct).
 ``cls_top1``, ``cls_top5``             classification accuracy.
 ``pxap``                               pixel average precision (datasets with masks).
+``tscam_*``, ``scm_*`` (``protocols``)  the papers' own Top-1/Top-5/GT-known Loc: TS-CAM's
+                                       fixed ``eval.cam_threshold`` and SCM's sweep over
+                                       the top-5 predicted-class maps.
 """
 from __future__ import annotations
 
@@ -46,8 +49,20 @@ class LocalizationEvaluator:
   """Box, classification (and pixel) metrics of a method on one split."""
 
   def __init__(self, method: Any, config: ml_collections.ConfigDict, split: str,
-               mesh: jax.sharding.Mesh | None = None):
+               mesh: jax.sharding.Mesh | None = None, protocols: bool = False,
+               progress: bool = False):
+    """Creates the evaluator.
+
+    Args:
+      protocols: also compute the papers' own localization numbers for methods with
+        maps for every class (TS-CAM fixed CAM_THR ``tscam_*``; SCM threshold sweep
+        over the top-5 predicted maps ``scm_*``); costs 5× the host box work.
+      progress: show a progress bar over the batches.
+    """
     self.method = method
+    self.protocols = (bool(protocols) and bool(method.maps_all_classes)
+                      and method.num_classes >= 5)
+    self.progress = progress
     self.config = config
     self.split = split
     self.mesh = mesh if mesh is not None else sharding.make_mesh()
@@ -63,26 +78,33 @@ class LocalizationEvaluator:
     self.iou_thresholds = tuple(int(t) for t in ev.iou_thresholds)
     size = config.data.image_size
     self.map_size = (size, size) if isinstance(size, int) else tuple(size)
-    self._predict = jax.jit(self._device_fn)
+    self._predict = jax.jit(self._device_fn, static_argnames=("topk_maps",))
     self.last_best_iou: np.ndarray | None = None
 
   # -- device ---------------------------------------------------------------------------------
-  def _device_fn(self, variables: Any, images: jax.Array, labels: jax.Array):
+  def _device_fn(self, variables: Any, images: jax.Array, labels: jax.Array,
+                 topk_maps: bool = False):
+    """Ground-truth-class maps (B, H, W) in [0, 1], top-5 classes (and their maps)."""
     x = postprocess.normalize_images(images, self.method.mean, self.method.std)
     kind = None if self.kind == self.method.map_kinds[0] else self.kind
     maps, logits = self.method.maps(variables, x, labels, kind=kind)
-    if maps.ndim == 4:  # every class: keep the ground-truth one
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    extra = None
+    if maps.ndim == 4:  # every class: keep the ground-truth one (and the top-5 predicted)
+      if topk_maps:
+        picked = jnp.take_along_axis(maps, top5[:, :, None, None], axis=1)
+        extra = postprocess.resize_and_normalize(picked.astype(jnp.float32), self.map_size,
+                                                 self.upsample)
       maps = jnp.take_along_axis(maps, labels[:, None, None, None].astype(jnp.int32), axis=1)[:, 0]
     maps = postprocess.resize_and_normalize(maps.astype(jnp.float32), self.map_size, self.upsample)
-    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-    return maps, top5
+    return maps, top5, extra
 
   def _batches(self, variables: Any) -> Iterator[tuple[dict[str, np.ndarray], Any]]:
     """Yields (host batch, device outputs) with one batch of look-ahead on the device."""
     pending = None
     for batch in self.iterator:
       arrays = sharding.global_batch({"image": batch["image"], "label": batch["label"]}, self.mesh)
-      out = self._predict(variables, arrays["image"], arrays["label"])
+      out = self._predict(variables, arrays["image"], arrays["label"], topk_maps=self.protocols)
       if pending is not None:
         yield pending
       pending = (batch, out)
@@ -99,7 +121,16 @@ class LocalizationEvaluator:
     loc_correct = np.zeros(len(v1.thresholds), np.int64)
     ious = []
     limit = int(self.config.eval.max_examples)
-    for batch, (maps, top5_idx) in self._batches(variables):
+    tscam = scm = None
+    if self.protocols:
+      from wsol_jax.eval import localization
+      tscam = localization.TsCamLocalization(cam_thr=float(self.config.eval.cam_threshold))
+      scm = localization.ScmLocalization(delta=self.delta, iou_thresholds=self.iou_thresholds)
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(self.iterator), desc=f"eval {self.split}", unit="batch", leave=False,
+               disable=not self.progress)
+    for batch, (maps, top5_idx, topk_maps) in self._batches(variables):
+      bar.update(1)
       valid = np.asarray(batch["valid"], bool)
       maps = np.asarray(maps, np.float64)
       labels = np.asarray(batch["label"])
@@ -115,8 +146,13 @@ class LocalizationEvaluator:
       ious.append(np.concatenate([np.asarray(batch["index"])[valid][:, None], best_v2[valid]], 1))
       if pxap is not None and "mask" in batch:
         pxap.update(maps, np.asarray(batch["mask"]), valid)
+      if tscam is not None:
+        topk_maps = np.asarray(topk_maps)
+        tscam.update(topk_maps, top5_idx, labels, batch["boxes"], gt_maps=maps, valid=valid)
+        scm.update(topk_maps, top5_idx, labels, batch["boxes"], valid=valid)
       if limit and n >= limit:
         break
+    bar.close()
     if n == 0:
       raise ValueError(f"no valid images in split {self.split!r}")
     self.last_best_iou = np.concatenate(ious, 0) if ious else None
@@ -132,6 +168,14 @@ class LocalizationEvaluator:
                                            if 50 in r2.iou_thresholds else r2.optimal_threshold[0])
     if pxap is not None and pxap.pos_hist.sum() > 0:
       yield "pxap", float(pxap.compute())
+    if tscam is not None:
+      t, r = tscam.compute(), scm.compute()
+      yield "tscam_top1_loc", t.loc_top1
+      yield "tscam_top5_loc", t.loc_top5
+      yield "tscam_gt_known", t.gt_known
+      yield "scm_top1_loc", r.top1_loc
+      yield "scm_top5_loc", r.top5_loc
+      yield "scm_gt_known", r.gt_known_top1
     yield "num_examples", float(n)
     yield "num_skipped", float(self.iterator.num_skipped)
 
@@ -188,8 +232,8 @@ class LocalizationEvaluator:
       index = int(table[r, 0])
       record = source[index]
       row = row_fn.map(record)
-      maps, _ = self._predict(variables, jnp.asarray(row["image"][None]),
-                              jnp.asarray([int(row["label"])], jnp.int32))
+      maps, _, _ = self._predict(variables, jnp.asarray(row["image"][None]),
+                                 jnp.asarray([int(row["label"])], jnp.int32))
       image = np.asarray(record["image"])
       heat = postprocess.resize_and_normalize_host(np.asarray(maps[0]), image.shape[:2], self.upsample)
       box = viz.largest_contour_box(heat, threshold)

@@ -1,0 +1,86 @@
+"""Evaluate a model on a split: ``python -m wsol_jax.evaluate --config CONFIG --checkpoint DIR``.
+
+  python -m wsol_jax.evaluate --config configs/scm_cub.py --checkpoint runs/scm_cub [--split test]
+      [--workdir DIR] [--config.eval.map_kind=rollout ...]
+
+DIR is a trainer workdir (its ``export/`` or latest checkpoint), a trainer export, or a
+model directory written by ``weights_convert`` (e.g. a released SCM checkpoint imported
+with ``--method scm``). Runs the method's maps and every metric over the split with a
+progress bar, prints a summary next to the center-Gaussian baseline, and writes
+``results.json`` and best/worst overlay PNGs to ``--workdir`` (default DIR/eval_<split>).
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from typing import Sequence
+
+from wsol_jax import config_lib
+
+
+def check_variables(variables, expected) -> None:
+  """Raises naming every missing, unexpected or mis-shaped variable (no silent re-init)."""
+  from flax import traverse_util
+  got = {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(variables).items()}
+  want = {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(expected).items()}
+  problems = [f"missing {k} {want[k]}" for k in sorted(set(want) - set(got))]
+  problems += [f"shape {k}: checkpoint {tuple(got[k])} vs model {tuple(want[k])}"
+               for k in sorted(set(want) & set(got)) if tuple(got[k]) != tuple(want[k])]
+  extra = sorted(set(got) - set(want))
+  problems += [f"unexpected {k} {tuple(got[k])}" for k in extra]
+  if problems:
+    raise ValueError("the checkpoint does not fit the configured model:\n  " + "\n  ".join(problems))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m wsol_jax.evaluate", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="configs/<method>_<dataset>.py[:arg]")
+  parser.add_argument("--checkpoint", required=True, help="workdir, export or model directory")
+  parser.add_argument("--split", default="test", help="split to evaluate (test, val, train[:10%%], ...)")
+  parser.add_argument("--workdir", help="where results.json and overlays go")
+  args, rest = parser.parse_known_args(argv)
+  bad = [r for r in rest if not r.startswith("--config.")]
+  if bad:
+    parser.error(f"unrecognized arguments {bad}")
+  try:
+    config = config_lib.load(args.config, [r[len("--config."):] for r in rest])
+  except config_lib.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+  import jax
+
+  from wsol_jax import checkpoint, methods, reporting, sharding
+  from wsol_jax.eval import evaluator as evaluator_lib
+  reporting.setup_logging()
+  try:
+    variables, meta, where = checkpoint.load_variables(args.checkpoint)
+    method = methods.get_method(config)
+    if meta is not None and meta.get("method") not in (None, config.method):
+      raise ValueError(f"{where} holds a {meta['method']!r} model but the config is for "
+                       f"{config.method!r}")
+    check_variables(variables, jax.eval_shape(lambda: method.init_fresh(jax.random.key(0))))
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  workdir = pathlib.Path(args.workdir or pathlib.Path(args.checkpoint) / f"eval_{args.split}")
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = sharding.make_mesh()
+  ev = evaluator_lib.LocalizationEvaluator(method, config, args.split, mesh, protocols=True,
+                                           progress=True)
+  results = dict(ev.run(variables))
+  baseline = dict(ev.run_baseline())
+  overlays = ev.write_overlays(variables, workdir / "overlays", int(config.eval.num_overlays))
+  reporting.print_summary(config, results, baseline, split=args.split)
+  checkpoint.write_json(workdir / "results.json", {
+      "checkpoint": where, "split": args.split, "config": config.to_dict(),
+      "metrics": results, "center_gaussian": baseline,
+      "overlays": [str(p) for p in overlays]})
+  print(f"wrote {workdir / 'results.json'} and {len(overlays)} overlays", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
