@@ -62,15 +62,6 @@ def check_gt_batch(gt_boxes: np.ndarray) -> None:
     raise ValueError("an image has no ground-truth box")
 
 
-def quantize_batch(scoremaps: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray,
-                                                                           np.ndarray]:
-  """``U = uint8(255·S)`` and ``T_k = int(τ_k·max U)`` of (B, H, W) maps -> (B, H, W), (B, K)."""
-  u = boxes_lib.quantize(scoremaps)
-  u_max = u.reshape(len(u), -1).max(axis=1) if u.size else np.zeros(len(u), np.uint8)
-  taus = np.asarray(thresholds, dtype=np.float64)
-  return u, np.trunc(taus[None, :] * u_max[:, None].astype(np.float64)).astype(np.int64)
-
-
 def best_iou_per_threshold(scoremap: np.ndarray, gt_boxes: np.ndarray,
                            thresholds: Sequence[float] | np.ndarray, *,
                            multi_contour: bool, method: str | None = None) -> np.ndarray:
@@ -218,18 +209,25 @@ class BoxAccuracy:
     if len(rows) == 0:
       return best
     all_rows = len(rows) == len(maps)
-    check_scoremaps(maps if all_rows else maps[rows])
     if self.method == "components":
-      kept_gt = gt if all_rows else gt[rows]
-      check_gt_batch(kept_gt)
-      u, t = quantize_batch(maps if all_rows else maps[rows], self.thresholds)
+      # One numba pass per map quantises, checks and evaluates; errors are raised (before any
+      # counter changes) in the order of the contour path: maps first, then GT boxes.
+      kept_maps, kept_gt = (maps, gt) if all_rows else (maps[rows], gt[rows])
       chunks = np.array_split(np.arange(len(rows)), min(self.num_threads, len(rows)))
       results = parallel_map(
-          lambda j: components_lib.best_ious_batch(u[chunks[j]], t[chunks[j]],
-                                                   kept_gt[chunks[j]]),
+          lambda j: components_lib.evaluate_maps(kept_maps[chunks[j]], self.thresholds,
+                                                 kept_gt[chunks[j]]),
           len(chunks), self.num_threads)
-      best[rows] = np.concatenate(results)
+      stats = np.concatenate([r[1] for r in results])
+      if stats[:, 2].any():
+        raise ValueError("Scoremap must not contain nans.")
+      low, high = stats[:, 0].min(), stats[:, 1].max()
+      if low < 0 or high > 1:
+        raise ValueError(f"Scoremap must be in range [0, 1]; min={low}, max={high}.")
+      check_gt_batch(kept_gt)
+      best[rows] = np.concatenate([r[0] for r in results])
     else:
+      check_scoremaps(maps if all_rows else maps[rows])
       results = parallel_map(
           lambda j: best_iou_per_threshold(maps[rows[j]], gt[rows[j]], self.thresholds,
                                            multi_contour=self.multi_contour,

@@ -232,35 +232,82 @@ def _record_level(rec: np.ndarray, n_rec: int, level: int, node: np.ndarray, act
 
 
 @numba.njit(cache=True, nogil=True)
-def _sort_pixels(u: np.ndarray, order: np.ndarray, up: np.ndarray) -> np.ndarray:
-  """Counting sort of the pixels by value; copies U into the zero-padded ``up``.
+def _quantize(s: np.ndarray, up: np.ndarray, hist: np.ndarray) -> tuple[int, float, float, bool]:
+  """``U = uint8(255·S)`` (float64 product, truncation) into the padded ``up`` + histogram.
+
+  The padding of ``up`` is 255 (see ``_escape_levels``). Values outside [0, 1] or NaN (which
+  the caller rejects) are clamped so that nothing is undefined.
 
   Returns:
-    (257,) int64 ``start``: the pixels of value v are ``order[start[v]:start[v+1]]``, as
-    padded coordinates ``(y+1) << 16 | (x+1)`` in raster order.
+    max U, min S, max S, whether S has a NaN.
   """
-  height, width = u.shape
+  height, width = s.shape
   wp = width + 2
-  hist = np.zeros(256, np.int64)
-  up[:wp] = 0
-  up[(height + 1) * wp:(height + 2) * wp] = 0
+  up[:wp] = 255
+  up[(height + 1) * wp:(height + 2) * wp] = 255
+  hist[:] = 0
+  lo, hi, nan = np.inf, -np.inf, False
   for y in range(height):
     row = (y + 1) * wp
-    up[row] = 0
-    up[row + wp - 1] = 0
+    up[row] = 255
+    up[row + wp - 1] = 255
+    for x in range(width):
+      v = s[y, x]
+      if v < lo:
+        lo = v
+      if v > hi:
+        hi = v
+      if v != v:
+        nan = True
+      w = v * 255.0
+      q = int(w) if 0.0 <= w < 256.0 else 0
+      up[row + x + 1] = q
+      hist[q] += 1
+  u_max = 255
+  while u_max > 0 and hist[u_max] == 0:
+    u_max -= 1
+  return u_max, lo, hi, nan
+
+
+@numba.njit(cache=True, nogil=True)
+def _pad(u: np.ndarray, up: np.ndarray, hist: np.ndarray) -> None:
+  """Copies uint8 U into the padded ``up`` (padding 255) and histograms it."""
+  height, width = u.shape
+  wp = width + 2
+  up[:wp] = 255
+  up[(height + 1) * wp:(height + 2) * wp] = 255
+  hist[:] = 0
+  for y in range(height):
+    row = (y + 1) * wp
+    up[row] = 255
+    up[row + wp - 1] = 255
     for x in range(width):
       v = u[y, x]
       up[row + x + 1] = v
       hist[v] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _sort_pixels(height: int, width: int, up: np.ndarray, hist: np.ndarray, order: np.ndarray,
+                 v_min: int) -> np.ndarray:
+  """Counting sort of the pixels with value >= v_min by value.
+
+  Returns:
+    (257,) int64 ``start``: the pixels of value v >= v_min are ``order[start[v]:start[v+1]]``,
+    as padded coordinates ``(y+1) << 16 | (x+1)`` in raster order.
+  """
+  wp = width + 2
   start = np.zeros(257, np.int64)
-  for v in range(256):
+  for v in range(max(v_min, 0), 256):
     start[v + 1] = start[v] + hist[v]
   fill = start[:256].copy()
-  for y in range(height):
-    for x in range(width):
-      v = u[y, x]
-      order[fill[v]] = (y + 1) << 16 | (x + 1)
-      fill[v] += 1
+  for y in range(1, height + 1):
+    row = y * wp
+    for x in range(1, width + 1):
+      v = up[row + x]
+      if v >= v_min:
+        order[fill[v]] = y << 16 | x
+        fill[v] += 1
   return start
 
 
@@ -341,47 +388,77 @@ def _foreground(height: int, width: int, start: np.ndarray, order: np.ndarray, n
 
 
 @numba.njit(cache=True, nogil=True)
-def _escape_levels(height: int, width: int, up: np.ndarray, esc: np.ndarray, nxt: np.ndarray,
-                   holes: np.ndarray) -> int:
-  """Grey-level hole filling by flooding from the border (4-connected, bucket queue).
+def _escape_levels(height: int, width: int, up: np.ndarray, esc: np.ndarray, fifo: np.ndarray,
+                   queued: np.ndarray, holes: np.ndarray) -> int:
+  """Grey-level hole filling: the level at which each pixel's background reaches the border.
 
-  ``esc[p]`` becomes the lowest T at which pixel p is background connected to the border:
-  the min over 4-paths from p to the image border of the max U on the path. A background
-  pixel (U <= T) is in a hole at T exactly when T < esc[p].
+  ``esc[p]`` is the min over 4-paths from p to the image border of the max U on the path, i.e.
+  the reconstruction by erosion of U from its border values; a background pixel (U <= T) is in
+  a hole at T exactly when T < esc[p]. Computed with Vincent's hybrid algorithm (a raster and
+  an anti-raster scan, then a FIFO for what the scans miss). The padding of ``up`` and ``esc``
+  is 255, so it never lowers a neighbour and is never queued.
 
   Returns:
     The number n of hole-capable pixels (U < esc), listed (padded indices) in ``holes[:n]``.
   """
   wp = width + 2
   n_pad = (height + 2) * wp
-  esc[:n_pad] = 0  # the padding is never queued
+  esc[:n_pad] = 255
+  for y in (1, height):
+    esc[y * wp + 1:y * wp + 1 + width] = up[y * wp + 1:y * wp + 1 + width]
   for y in range(1, height + 1):
-    esc[y * wp + 1:y * wp + 1 + width] = -1
-  head = np.full(256, -1, np.int32)
-  for y in range(1, height + 1):
-    for x in range(1, width + 1):
-      if y == 1 or y == height or x == 1 or x == width:
-        p = y * wp + x
-        v = up[p]
-        esc[p] = v
-        nxt[p] = head[v]
-        head[v] = p
+    esc[y * wp + 1] = up[y * wp + 1]
+    esc[y * wp + width] = up[y * wp + width]
+  for y in range(2, height):  # raster scan over the interior: N and W neighbours
+    row = y * wp
+    left = esc[row + 1]
+    for x in range(2, width):
+      p = row + x
+      e = min(left, esc[p - wp])
+      e = max(e, up[p])
+      left = e
+      esc[p] = e
+  n_fifo = 0
+  queued[:n_pad] = 0
+  fifo[0] = 0
+  for y in range(height - 1, 1, -1):  # anti-raster scan: S and E neighbours
+    row = y * wp
+    right = esc[row + width]
+    for x in range(width - 1, 1, -1):
+      p = row + x
+      e = min(esc[p], right, esc[p + wp])
+      e = max(e, up[p])
+      right = e
+      esc[p] = e
+      # Queue p if it can still lower its E or S neighbour (branch-free: noise maps make this
+      # test unpredictable).
+      lower = (((esc[p + 1] > e) & (esc[p + 1] > up[p + 1]))
+               | ((esc[p + wp] > e) & (esc[p + wp] > up[p + wp])))
+      fifo[n_fifo] = p
+      queued[p] = lower
+      n_fifo += lower
+  head = 0
+  while n_fifo > 0:  # circular FIFO; a pixel is queued at most once at a time
+    p = fifo[head]
+    head = head + 1 if head + 1 < n_pad else 0
+    n_fifo -= 1
+    queued[p] = 0
+    e = esc[p]
+    for q in (p - wp, p - 1, p + 1, p + wp):
+      if esc[q] > e and esc[q] != up[q]:
+        esc[q] = max(e, up[q])
+        if queued[q] == 0:
+          tail = head + n_fifo
+          fifo[tail if tail < n_pad else tail - n_pad] = q
+          n_fifo += 1
+          queued[q] = 1
   n_holes = 0
-  for level in range(256):
-    while head[level] >= 0:
-      p = head[level]
-      head[level] = nxt[p]
-      for q in (p - wp, p - 1, p + 1, p + wp):
-        if esc[q] >= 0:
-          continue
-        v = up[q]
-        if v < level:
-          v = level
-          holes[n_holes] = q
-          n_holes += 1
-        esc[q] = v
-        nxt[q] = head[v]
-        head[v] = q
+  for y in range(2, height):
+    row = y * wp
+    for x in range(2, width):
+      p = row + x
+      holes[n_holes] = p
+      n_holes += up[p] < esc[p]
   return n_holes
 
 
@@ -389,8 +466,8 @@ def _escape_levels(height: int, width: int, up: np.ndarray, esc: np.ndarray, nxt
 def _holes(height: int, width: int, up: np.ndarray, esc: np.ndarray, holes: np.ndarray,
            n_holes: int, need: np.ndarray, t_max: int, gt: np.ndarray, parent: np.ndarray,
            node: np.ndarray, act: np.ndarray, act_iou: np.ndarray, stale: np.ndarray,
-           nxt: np.ndarray, level_best: np.ndarray, record: bool, rec: np.ndarray, n_rec: int
-           ) -> tuple[np.ndarray, int]:
+           order: np.ndarray, nxt: np.ndarray, level_best: np.ndarray, record: bool,
+           rec: np.ndarray, n_rec: int) -> tuple[np.ndarray, int]:
   """Hole boxes: 4-connected components of the hole-capable pixels with U <= T < esc.
 
   A background component is a hole at T iff its pixels have esc > T (esc is constant on a
@@ -400,17 +477,16 @@ def _holes(height: int, width: int, up: np.ndarray, esc: np.ndarray, holes: np.n
   """
   wp = width + 2
   n_pad = (height + 2) * wp
-  # Counting sort of the hole-capable pixels by value.
-  start = np.zeros(257, np.int64)
+  start = np.zeros(257, np.int64)  # counting sort of the hole-capable pixels by value
   for i in range(n_holes):
     start[up[holes[i]] + 1] += 1
   for v in range(256):
     start[v + 1] += start[v]
   fill = start[:256].copy()
-  order = np.empty(n_holes, np.int32)
   for i in range(n_holes):
-    v = up[holes[i]]
-    order[fill[v]] = holes[i]
+    p = holes[i]
+    v = up[p]
+    order[fill[v]] = p
     fill[v] += 1
   exit_head = np.full(256, -1, np.int32)  # roots by the level at which they leave
   parent[:n_pad] = -1
@@ -471,19 +547,20 @@ def _holes(height: int, width: int, up: np.ndarray, esc: np.ndarray, holes: np.n
 
 
 @numba.njit(cache=True, nogil=True)
-def _sweep_map(u: np.ndarray, t: np.ndarray, gt: np.ndarray, out: np.ndarray,
-               parent: np.ndarray, node: np.ndarray, act: np.ndarray, act_iou: np.ndarray,
-               stale: np.ndarray, order: np.ndarray, up: np.ndarray, esc: np.ndarray,
-               table8: np.ndarray, record: bool, rec: np.ndarray) -> tuple[np.ndarray, int]:
-  """Best V2 IoU at every threshold of one map (and optionally the boxes of every level).
+def _sweep_map(height: int, width: int, up: np.ndarray, hist: np.ndarray, t: np.ndarray,
+               gt: np.ndarray, out: np.ndarray, ws: np.ndarray, node: np.ndarray,
+               act_iou: np.ndarray, esc: np.ndarray, table8: np.ndarray, record: bool,
+               rec: np.ndarray) -> tuple[np.ndarray, int]:
+  """Best V2 IoU at every threshold of one padded map (optionally the boxes of every level).
 
   Args:
-    u: (H, W) uint8 quantised map.
+    height, width: map size (H, W).
+    up: ((H+2)(W+2),) uint8 padded U (see ``_quantize`` / ``_pad``).
+    hist: (256,) int64 histogram of U.
     t: (K,) int64 integer thresholds, clipped to [-1, 255]; foreground is ``U > t``.
     gt: (G, 4) int64 GT boxes, rows with x0 < 0 are padding (at least one valid row).
     out: (K,) float64 output: best IoU per threshold.
-    parent, node, act, act_iou, stale, order, up, esc: workspaces of (H+2)(W+2) entries
-      (see ``_workspace``).
+    ws, node, act_iou, esc: workspaces (see ``_workspace``).
     table8: ``_TABLE8``.
     record: also record the boxes of every threshold level into ``rec``.
     rec: (N, 5) int64 growable buffer of ``[T, x0, y0, x1, y1]`` rows (record only).
@@ -491,58 +568,119 @@ def _sweep_map(u: np.ndarray, t: np.ndarray, gt: np.ndarray, out: np.ndarray,
   Returns:
     The (possibly reallocated) record buffer and its number of rows.
   """
-  height, width = u.shape
   need = np.zeros(_NUM_LEVELS, np.bool_)  # the levels T asked for, at T + 1
   t_min, t_max = 255, -1
   for k in range(t.shape[0]):
     need[t[k] + 1] = True
     t_min = min(t_min, t[k])
     t_max = max(t_max, t[k])
-  start = _sort_pixels(u, order, up)
+  parent, act, stale, order, scratch = ws[0], ws[1], ws[2], ws[3], ws[4]
+  start = _sort_pixels(height, width, up, hist, order, t_min + 1)
   fg_best = np.full(_NUM_LEVELS, -1.0)
   rec, n_rec = _foreground(height, width, start, order, need, t_min, gt, table8, parent, node,
                            act, act_iou, stale, fg_best, record, rec, 0)
   hole_best = np.full(_NUM_LEVELS, -1.0)
-  if t_max >= 0:
-    n_holes = _escape_levels(height, width, up, esc, order, stale)  # order: scratch
-    rec, n_rec = _holes(height, width, up, esc, stale[:n_holes].copy(), n_holes, need, t_max,
-                        gt, parent, node, act, act_iou, stale, order, hole_best, record, rec,
-                        n_rec)
+  if t_max >= 0 and height > 2 and width > 2:  # holes need an interior
+    n_holes = _escape_levels(height, width, up, esc, order, parent, scratch)
+    rec, n_rec = _holes(height, width, up, esc, scratch, n_holes, need, t_max, gt, parent, node,
+                        act, act_iou, stale, order, ws[5], hole_best, record, rec, n_rec)
   for k in range(t.shape[0]):
     out[k] = max(fg_best[t[k] + 1], hole_best[t[k] + 1])
   return rec, n_rec
 
 
 def _workspace(height: int, width: int) -> tuple[np.ndarray, ...]:
-  """parent, node, act, act_iou, stale, order, up, esc, table8 for (H, W) maps."""
+  """ws (6, n) int32, node (n, 8) int32, act_iou (n,) float64, esc (n,) uint8, table8."""
   n_pad = (height + 2) * (width + 2)
-  return (np.empty(n_pad, np.int32), np.empty((n_pad, _NODE_FIELDS), np.int32),
-          np.empty(n_pad, np.int32), np.empty(n_pad, np.float64), np.empty(n_pad, np.int32),
-          np.empty(n_pad, np.int32), np.empty(n_pad, np.uint8), np.empty(n_pad, np.int16),
-          _TABLE8)
+  return (np.empty((6, n_pad), np.int32), np.empty((n_pad, _NODE_FIELDS), np.int32),
+          np.empty(n_pad, np.float64), np.empty(n_pad, np.uint8), _TABLE8)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _int_threshold(tau: float, u_max: int) -> int:
+  """``int(τ·max U)`` in float64 (truncation), clipped to [-1, 255]."""
+  x = tau * np.float64(u_max)
+  if not x >= -1.0:  # also NaN
+    return -1
+  if x >= 255.0:
+    return 255
+  return int(x)
+
+
+@numba.njit(cache=True, nogil=True)
+def _evaluate_batch(maps: np.ndarray, taus: np.ndarray, gt: np.ndarray, out: np.ndarray,
+                    stats: np.ndarray, table8: np.ndarray) -> None:
+  """Quantise and evaluate float64 maps (B, H, W) against gt (B, G, 4) -> out (B, K).
+
+  ``stats[b]`` receives (min S, max S, has NaN) for the caller's validity check.
+  """
+  height, width = maps.shape[1], maps.shape[2]
+  n_pad = (height + 2) * (width + 2)
+  ws = np.empty((6, n_pad), np.int32)
+  node = np.empty((n_pad, _NODE_FIELDS), np.int32)
+  act_iou = np.empty(n_pad, np.float64)
+  esc = np.empty(n_pad, np.uint8)
+  up = np.empty(n_pad, np.uint8)
+  hist = np.empty(256, np.int64)
+  t = np.empty(taus.shape[0], np.int64)
+  rec = np.empty((0, 5), np.int64)
+  for b in range(maps.shape[0]):
+    u_max, lo, hi, nan = _quantize(maps[b], up, hist)
+    stats[b, 0] = lo
+    stats[b, 1] = hi
+    stats[b, 2] = 1.0 if nan else 0.0
+    for k in range(taus.shape[0]):
+      t[k] = _int_threshold(taus[k], u_max)
+    _sweep_map(height, width, up, hist, t, gt[b], out[b], ws, node, act_iou, esc, table8,
+               False, rec)
 
 
 @numba.njit(cache=True, nogil=True)
 def _sweep_batch(u: np.ndarray, t: np.ndarray, gt: np.ndarray, out: np.ndarray,
                  table8: np.ndarray) -> None:
-  """``_sweep_map`` over a batch: u (B, H, W) uint8, t (B, K), gt (B, G, 4), out (B, K)."""
-  n_pad = (u.shape[1] + 2) * (u.shape[2] + 2)
-  parent = np.empty(n_pad, np.int32)
+  """Evaluates uint8 maps u (B, H, W) at integer thresholds t (B, K) -> out (B, K)."""
+  height, width = u.shape[1], u.shape[2]
+  n_pad = (height + 2) * (width + 2)
+  ws = np.empty((6, n_pad), np.int32)
   node = np.empty((n_pad, _NODE_FIELDS), np.int32)
-  act = np.empty(n_pad, np.int32)
   act_iou = np.empty(n_pad, np.float64)
-  stale = np.empty(n_pad, np.int32)
-  order = np.empty(n_pad, np.int32)
+  esc = np.empty(n_pad, np.uint8)
   up = np.empty(n_pad, np.uint8)
-  esc = np.empty(n_pad, np.int16)
+  hist = np.empty(256, np.int64)
   rec = np.empty((0, 5), np.int64)
   for b in range(u.shape[0]):
-    _sweep_map(u[b], t[b], gt[b], out[b], parent, node, act, act_iou, stale, order, up, esc,
-               table8, False, rec)
+    _pad(u[b], up, hist)
+    _sweep_map(height, width, up, hist, t[b], gt[b], out[b], ws, node, act_iou, esc, table8,
+               False, rec)
 
 
 def _clip_thresholds(int_thresholds: Sequence[int] | np.ndarray) -> np.ndarray:
   return np.clip(np.asarray(int_thresholds, dtype=np.int64), -1, 255)
+
+
+def evaluate_maps(scoremaps: np.ndarray, thresholds: Sequence[float] | np.ndarray,
+                  gt_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Best V2 IoU per map and threshold, straight from float64 score maps.
+
+  Quantises (``uint8(255·S)``), derives ``T_k = int(τ_k·max U)`` and sweeps, all in one pass
+  per map. The maps are not validated here: the caller checks ``stats`` (and the GT boxes).
+
+  Args:
+    scoremaps: (B, H, W) float64 maps.
+    thresholds: (K,) score-map thresholds τ.
+    gt_boxes: (B, G, 4) int GT boxes with ``-1``-padded rows.
+
+  Returns:
+    (B, K) float64 best IoUs and (B, 3) float64 stats (min, max, has NaN) of every map.
+  """
+  maps = np.ascontiguousarray(scoremaps, dtype=np.float64)
+  taus = np.ascontiguousarray(thresholds, dtype=np.float64).reshape(-1)
+  gt = np.ascontiguousarray(gt_boxes, dtype=np.int64)
+  out = np.empty((len(maps), len(taus)), np.float64)
+  stats = np.empty((len(maps), 3), np.float64)
+  if len(maps):
+    _evaluate_batch(maps, taus, gt, out, stats, _TABLE8)
+  return out, stats
 
 
 def best_ious(u: np.ndarray, int_thresholds: Sequence[int] | np.ndarray,
@@ -603,17 +741,19 @@ def component_boxes(u: np.ndarray, int_thresholds: Sequence[int] | np.ndarray,
   gt = (np.asarray([[0, 0, 0, 0]], np.int64) if gt_boxes is None
         else np.ascontiguousarray(np.asarray(gt_boxes, np.int64).reshape(-1, 4)))
   out = np.empty(len(t), np.float64)
-  rec, n_rec = _sweep_map(u, t, gt, out, *_workspace(*u.shape), True,
-                          np.empty((256, 5), np.int64))
+  ws, node, act_iou, esc, table8 = _workspace(*u.shape)
+  up = np.empty(len(act_iou), np.uint8)
+  hist = np.empty(256, np.int64)
+  _pad(u, up, hist)
+  rec, n_rec = _sweep_map(u.shape[0], u.shape[1], up, hist, t, gt, out, ws, node, act_iou, esc,
+                          table8, True, np.empty((256, 5), np.int64))
   rec = rec[:n_rec]
-  hist = np.bincount(u.ravel(), minlength=256)
   above = np.concatenate([[u.size], u.size - np.cumsum(hist)])  # above[T + 1] = #(U > T)
-  keys, first, mask_index = np.unique(above[t + 1], return_index=True, return_inverse=True)
+  _, first, mask_index = np.unique(above[t + 1], return_index=True, return_inverse=True)
   groups = []
   for level in t[first]:
     sel = rec[rec[:, 0] == level, 1:]
     groups.append(sel if len(sel) else np.asarray([_NO_CONTOUR], np.int64))
-  del keys
   tb = boxes_lib.ThresholdBoxes(np.concatenate(groups).astype(np.int64),
                                 np.asarray([len(g) for g in groups], np.int64),
                                 mask_index.astype(np.int64))
