@@ -76,7 +76,12 @@ def base_config() -> ml_collections.ConfigDict:
       cam_curve_interval=0.01,
       iou_thresholds=(30, 50, 70),
       multi_contour=True,   # MaxBoxAccV2 boxes (all contours)
-      cam_threshold=0.1,    # TS-CAM fixed-threshold Top-1 Loc
+      protocols=(),         # the papers' own protocols (() = the method's): tscam scm vitol agcam rfga
+      cam_threshold=0.1,    # 'tscam': fixed CAM_THR (CUB 0.1, ILSVRC 0.12)
+      fixed_threshold=0.0,  # 'vitol': the fixed score-map threshold (DeiT-S GAR 0.165, ...)
+      pixel_threshold=0.5,  # 'agcam': binarisation threshold of the pixel metrics
+      abpc=True,            # 'agcam': also run the ABPC perturbation test (11 forwards/batch)
+      rfga_iou_thresholds=(50, 60, 70, 80, 90),  # 'rfga': IoU thresholds of the RFGA tables
       num_overlays=6,
       max_examples=0,       # > 0: evaluate on a prefix (debugging)
   )

@@ -20,9 +20,8 @@ Metrics (percent):
                                        ground-truth map equals the predicted map when correct).
 ``cls_top1``, ``cls_top5``             classification accuracy.
 ``pxap``                               pixel average precision (datasets with masks).
-``tscam_*``, ``scm_*`` (``protocols``)  the papers' own Top-1/Top-5/GT-known Loc: TS-CAM's
-                                       fixed ``eval.cam_threshold`` and SCM's sweep over
-                                       the top-5 predicted-class maps.
+``<paper>_*`` (``protocols``)           the papers' own protocols (``wsol_jax.eval.protocols``):
+                                       ``eval.protocols`` or the method's ``eval_protocols``.
 """
 from __future__ import annotations
 
@@ -54,14 +53,14 @@ class LocalizationEvaluator:
     """Creates the evaluator.
 
     Args:
-      protocols: also compute the papers' own localization numbers for methods with
-        maps for every class (TS-CAM fixed CAM_THR ``tscam_*``; SCM threshold sweep
-        over the top-5 predicted maps ``scm_*``); costs 5× the host box work.
+      protocols: also run the papers' own protocols (``config.eval.protocols``, default
+        the method's ``eval_protocols``; see ``wsol_jax.eval.protocols``).
       progress: show a progress bar over the batches.
     """
     self.method = method
-    self.protocols = (bool(protocols) and bool(method.maps_all_classes)
-                      and method.num_classes >= 5)
+    names = tuple(config.eval.protocols) or tuple(method.eval_protocols)
+    self.protocol_names = names if protocols else ()
+    self.protocols = bool(self.protocol_names)
     self.progress = progress
     self.config = config
     self.split = split
@@ -79,7 +78,10 @@ class LocalizationEvaluator:
     size = config.data.image_size
     self.map_size = (size, size) if isinstance(size, int) else tuple(size)
     self._predict = jax.jit(self._device_fn, static_argnames=("topk_maps",))
+    self._normalize = jax.jit(lambda images: postprocess.normalize_images(
+        images, method.mean, method.std))
     self.last_best_iou: np.ndarray | None = None
+    self._topk = False
 
   # -- device ---------------------------------------------------------------------------------
   def _device_fn(self, variables: Any, images: jax.Array, labels: jax.Array,
@@ -104,10 +106,10 @@ class LocalizationEvaluator:
     pending = None
     for batch in self.iterator:
       arrays = sharding.global_batch({"image": batch["image"], "label": batch["label"]}, self.mesh)
-      out = self._predict(variables, arrays["image"], arrays["label"], topk_maps=self.protocols)
+      out = self._predict(variables, arrays["image"], arrays["label"], topk_maps=self._topk)
       if pending is not None:
         yield pending
-      pending = (batch, out)
+      pending = (batch, out, arrays)
     if pending is not None:
       yield pending
 
@@ -121,15 +123,17 @@ class LocalizationEvaluator:
     loc_correct = np.zeros(len(v1.thresholds), np.int64)
     ious = []
     limit = int(self.config.eval.max_examples)
-    tscam = scm = None
-    if self.protocols:
-      from wsol_jax.eval import localization
-      tscam = localization.TsCamLocalization(cam_thr=float(self.config.eval.cam_threshold))
-      scm = localization.ScmLocalization(delta=self.delta, iou_thresholds=self.iou_thresholds)
+    from wsol_jax.eval import protocols as protocols_lib
+    active = protocols_lib.build(self.protocol_names, self.config.eval, self.method.num_classes,
+                                 self.method.maps_all_classes)
+    predict = jax.jit(lambda x: self.method.predict(variables, x))
+    for protocol in active:
+      protocol.start(predict)
+    self._topk = any(p.needs_topk_maps for p in active)
     from tqdm.auto import tqdm
     bar = tqdm(total=len(self.iterator), desc=f"eval {self.split}", unit="batch", leave=False,
                disable=not self.progress)
-    for batch, (maps, top5_idx, topk_maps) in self._batches(variables):
+    for batch, (maps, top5_idx, topk_maps), arrays in self._batches(variables):
       bar.update(1)
       valid = np.asarray(batch["valid"], bool)
       maps = np.asarray(maps, np.float64)
@@ -146,10 +150,13 @@ class LocalizationEvaluator:
       ious.append(np.concatenate([np.asarray(batch["index"])[valid][:, None], best_v2[valid]], 1))
       if pxap is not None and "mask" in batch:
         pxap.update(maps, np.asarray(batch["mask"]), valid)
-      if tscam is not None:
-        topk_maps = np.asarray(topk_maps)
-        tscam.update(topk_maps, top5_idx, labels, batch["boxes"], gt_maps=maps, valid=valid)
-        scm.update(topk_maps, top5_idx, labels, batch["boxes"], valid=valid)
+      if active:
+        ctx = protocols_lib.BatchContext(
+            maps=maps, topk_maps=None if topk_maps is None else np.asarray(topk_maps, np.float64),
+            top5=top5_idx, labels=labels, boxes=np.asarray(batch["boxes"]), valid=valid,
+            normalized_images=lambda a=arrays: self._normalize(a["image"]))
+        for protocol in active:
+          protocol.update(ctx)
       if limit and n >= limit:
         break
     bar.close()
@@ -168,14 +175,8 @@ class LocalizationEvaluator:
                                            if 50 in r2.iou_thresholds else r2.optimal_threshold[0])
     if pxap is not None and pxap.pos_hist.sum() > 0:
       yield "pxap", float(pxap.compute())
-    if tscam is not None:
-      t, r = tscam.compute(), scm.compute()
-      yield "tscam_top1_loc", t.loc_top1
-      yield "tscam_top5_loc", t.loc_top5
-      yield "tscam_gt_known", t.gt_known
-      yield "scm_top1_loc", r.top1_loc
-      yield "scm_top5_loc", r.top5_loc
-      yield "scm_gt_known", r.gt_known_top1
+    for protocol in active:
+      yield from protocol.results()
     yield "num_examples", float(n)
     yield "num_skipped", float(self.iterator.num_skipped)
 

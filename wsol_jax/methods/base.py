@@ -18,7 +18,8 @@ functions of the variables (the trainer jit-compiles them):
   (``'decay'``/``'no_decay'``, methods may add e.g. ``'new_decay'`` for 10× lr layers).
 
 Class attributes: ``map_kinds`` (first = default), ``upsample`` (the official
-resize of this method's maps: ``'bilinear'`` or ``'bicubic'``).
+resize of this method's maps: ``'bilinear'`` or ``'bicubic'``), ``eval_protocols`` (the
+papers' own evaluation protocols run at the final test / by the evaluate CLI).
 """
 from __future__ import annotations
 
@@ -96,6 +97,7 @@ class Method(abc.ABC):
   map_kinds: ClassVar[tuple[str, ...]]
   maps_all_classes: ClassVar[bool] = False
   upsample: ClassVar[str] = "bilinear"
+  eval_protocols: ClassVar[tuple[str, ...]] = ()  # see wsol_jax.eval.protocols
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config

@@ -19,6 +19,7 @@ class TsCam(base.Method):
   map_kinds = ("tscam",)
   maps_all_classes = True
   upsample = "bilinear"
+  eval_protocols = ("tscam", "scm")
 
   def build_model(self) -> nn.Module:
     return self._build(head="conv3x3")

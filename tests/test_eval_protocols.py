@@ -1,0 +1,77 @@
+"""The papers' protocols as the evaluator drives them, on hand-made maps with known answers."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wsol_jax import config_lib
+from wsol_jax.eval import protocols
+
+
+def _context(maps, boxes, labels, top1, valid=None):
+  b = len(maps)
+  top5 = np.stack([np.asarray(top1)] + [np.full(b, 9)] * 4, axis=1)
+  images = jnp.zeros((b, maps.shape[1], maps.shape[2], 3))
+  return protocols.BatchContext(maps=maps, topk_maps=None, top5=top5, labels=np.asarray(labels),
+                                boxes=np.asarray(boxes), valid=np.ones(b, bool) if valid is None
+                                else np.asarray(valid), normalized_images=lambda: images)
+
+
+def _box_maps():
+  """Two 32×32 maps: a perfect 10×10 object map and an empty-ish one far from the GT box."""
+  maps = np.zeros((2, 32, 32))
+  maps[0, 5:15, 5:15] = 1.0
+  maps[1, 25:30, 25:30] = 1.0
+  boxes = np.array([[[5, 5, 14, 14]], [[2, 2, 10, 10]]])
+  return maps, boxes
+
+
+def test_vitol_fixed_threshold_protocol():
+  cfg = config_lib.base_config().eval
+  cfg.fixed_threshold = 0.165
+  p = protocols.build(["vitol"], cfg, num_classes=10, all_classes=False)[0]
+  maps, boxes = _box_maps()
+  p.update(_context(maps, boxes, labels=[3, 4], top1=[3, 4]))
+  out = dict(p.results())
+  # Image 0: box [5,5,min(15,31),min(15,31)] vs GT [5,5,14,14] -> IoU 100/121 (the +1 quirk).
+  assert out["vitol_boxacc_iou50"] == 50.0 and out["vitol_boxacc_iou70"] == 50.0
+  assert out["vitol_top1_loc"] == 50.0
+  assert out["vitol_boxacc_v2"] == pytest.approx(50.0)
+  cfg.fixed_threshold = 0.0
+  with pytest.raises(ValueError, match="fixed_threshold"):
+    protocols.build(["vitol"], cfg, 10, False)
+
+
+def test_rfga_protocol_reports_each_iou_and_the_miou():
+  cfg = config_lib.base_config().eval
+  p = protocols.build(["rfga"], cfg, num_classes=10, all_classes=False)[0]
+  maps, boxes = _box_maps()
+  p.update(_context(maps, boxes, labels=[0, 0], top1=[0, 0]))
+  out = dict(p.results())
+  assert out["rfga_maxboxacc_iou50"] == 50.0 and out["rfga_maxboxacc_iou90"] == 0.0
+  assert out["rfga_maxboxacc_avg"] == pytest.approx(np.mean([out[f"rfga_maxboxacc_iou{t}"]
+                                                             for t in (50, 60, 70, 80, 90)]))
+  assert out["rfga_miou"] == pytest.approx((100 / 121) / 2, rel=1e-6)
+
+
+def test_agcam_protocol_counts_correct_images_and_runs_abpc():
+  cfg = config_lib.base_config().eval
+  p = protocols.build(["agcam"], cfg, num_classes=10, all_classes=False)[0]
+  w = jnp.asarray(np.random.default_rng(0).normal(size=(32 * 32 * 3, 10)), jnp.float32)
+  p.start(lambda x: x.reshape(x.shape[0], -1) @ w)
+  maps, boxes = _box_maps()
+  maps = maps + np.linspace(0, 1e-3, 32 * 32).reshape(32, 32)  # tie-free heat for the ranking
+  p.update(_context(maps, boxes, labels=[3, 4], top1=[3, 5]))
+  out = dict(p.results())
+  assert out["agcam_num_correct"] == 1.0   # image 1 is misclassified: skipped
+  # Image 0: the box [5,5,15,15] (x+w, inclusive when rasterised) covers 11×11 pixels, GT 10×10.
+  assert out["agcam_iou"] == pytest.approx(100 / 121, rel=1e-4)
+  assert np.isfinite(out["abpc"]) and out["abpc"] == pytest.approx(out["auc_lerf"] - out["auc_morf"])
+
+
+def test_build_skips_all_class_protocols_for_per_target_methods_and_rejects_unknown():
+  cfg = config_lib.base_config().eval
+  assert [type(p).__name__ for p in protocols.build(["tscam", "scm", "rfga"], cfg, 10, False)] == [
+      "RfgaProtocol"]
+  assert len(protocols.build(["tscam", "scm"], cfg, 10, True)) == 2
+  with pytest.raises(ValueError, match="unknown evaluation protocol"):
+    protocols.build(["gradcam"], cfg, 10, True)
