@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from wsol_jax.maps import lrp_rules as rules
+from wsol_jax.models.vit import VisionTransformer
 
 
 class LRPRelevance(NamedTuple):
@@ -60,7 +61,6 @@ _BLOCK_PARTS = {(): "block", ("attn",): "attn", ("attn", "qkv"): "qkv", ("attn",
 
 
 def _check_model(model: nn.Module) -> None:
-  from wsol_jax.models.vit import VisionTransformer
   if not isinstance(model, VisionTransformer):
     raise TypeError(f"LRP needs a wsol_jax VisionTransformer, got {type(model).__name__}")
   if model.head != "linear":
@@ -93,6 +93,8 @@ def _recorded_forward(model: nn.Module, variables: Any, images: jax.Array,
 
   with nn.intercept_methods(interceptor):
     logits, _ = model.apply(variables, images, train=False, attn_delta=attn_delta)
+  # Relevance is propagated in float32 at least (the 1e-9 stabiliser is meaningless in bf16).
+  record = jax.tree.map(lambda a: a.astype(jnp.promote_types(a.dtype, jnp.float32)), record)
   return logits, record
 
 
@@ -197,7 +199,7 @@ def attention_relevance(model: nn.Module, variables: Any, images: jax.Array,
 
 
 def rollout_without_normalization(cams: jax.Array, start_layer: int = 0) -> jax.Array:
-  """Class-token row of ``(cams_{L−1} + I) ⋯ (cams_start + I)`` (official ``compute_rollout_attention``).
+  """Row 0 of ``(cams_{L−1} + I) ⋯ (cams_start + I)`` (official ``compute_rollout_attention``).
 
   Only row 0 is needed, so it is computed as a vector–matrix chain (mathematically
   the same product).

@@ -68,7 +68,7 @@ def linear_rule(x: jax.Array, kernel: jax.Array, r: jax.Array) -> jax.Array:
 
 
 def _image_sum(x: jax.Array) -> jax.Array:
-  """Sum over every axis but the first (one value per image), keeping dims: (B, ...) -> (B, 1, ...)."""
+  """Per-image sum over every axis but the first, keeping dims: (B, ...) -> (B, 1, ...)."""
   return jnp.sum(x, axis=tuple(range(1, x.ndim)), keepdims=True)
 
 
