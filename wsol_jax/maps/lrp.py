@@ -96,7 +96,7 @@ def _recorded_forward(model: nn.Module, variables: Any, images: jax.Array,
   missing = [f"blocks_{i}/{part}" for i, blk in enumerate(blocks) for part in _BLOCK_PARTS.values()
              if part not in blk] + [k for k in ("norm", "head") if k not in record]
   if missing:
-    raise ValueError(f"the model's forward did not call the layers LRP propagates through: {missing}")
+    raise ValueError(f"the model's forward did not call these layers LRP needs: {missing}")
   # Relevance is propagated in float32 at least (the 1e-9 stabiliser is meaningless in bf16).
   record = jax.tree.map(lambda a: a.astype(jnp.promote_types(a.dtype, jnp.float32)), record)
   return logits, record
