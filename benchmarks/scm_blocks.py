@@ -1,0 +1,136 @@
+"""Cost of SCM's Activation Diffusion Blocks: TS-CAM vs SCM training step (loss + grad).
+
+Times ``jax.jit(jax.value_and_grad(method.loss))`` for TS-CAM and SCM (both ADB
+implementations) on the same backbone, plus the ADB stack alone, and prints the
+XLA cost-analysis FLOPs of every compiled function::
+
+    python benchmarks/scm_blocks.py --batch 8                      # DeiT-S, 224, 200 classes
+    python benchmarks/scm_blocks.py --batch 32 --repeats 3 --json out.json
+
+Timings interleave the variants (round-robin) and report the median and the
+minimum of ``--repeats`` runs after one warm-up call, so load from other
+processes affects every variant alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from wsol_jax.methods import get_method
+from wsol_jax.methods import scm as scm_lib
+
+
+def make_config(method: str, args: argparse.Namespace, impl: str = "stencil") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = method
+  c.model = ml_collections.ConfigDict(dict(
+      name=args.model, num_classes=args.num_classes, kwargs=dict(), pretrained="",
+      drop_path_rate=args.drop_path))
+  c.data = ml_collections.ConfigDict(dict(image_size=args.image_size))
+  c.scm = ml_collections.ConfigDict(dict(impl=impl, precision=args.precision))
+  return c
+
+
+def flops_of(compiled: Any) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def compile_step(method, batch: dict[str, jax.Array]) -> tuple[Callable, Any, float]:
+  """jit(value_and_grad(loss)), its variables and its FLOPs."""
+  variables = method.init(jax.random.key(0))
+  step = jax.jit(jax.value_and_grad(lambda v, b, r: method.loss(v, b, r)[0]))
+  compiled = step.lower(variables, batch, jax.random.key(1)).compile()
+  return (lambda: compiled(variables, batch, jax.random.key(1))), variables, flops_of(compiled)
+
+
+def compile_adbs(cfg: scm_lib.ScmConfig, s: jax.Array, f: jax.Array) -> tuple[Callable, float]:
+  """The ADB stack alone: grad of sum(GAP(S^K)) w.r.t. (S⁰, F⁰, λ, β)."""
+  params = cfg.init_params()
+
+  def loss(s, f, p):
+    out, _, _ = scm_lib.run_adbs(s, f, p, cfg)
+    return jnp.sum(jnp.mean(out, axis=(1, 2)))
+  fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+  compiled = fn.lower(s, f, params).compile()
+  return (lambda: compiled(s, f, params)), flops_of(compiled)
+
+
+def time_round_robin(fns: dict[str, Callable], repeats: int) -> dict[str, list[float]]:
+  for fn in fns.values():  # warm-up
+    jax.block_until_ready(fn())
+  times = {k: [] for k in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - t0)
+  return times
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="deit_small_patch16_224")
+  parser.add_argument("--num-classes", type=int, default=200)
+  parser.add_argument("--image-size", type=int, default=224)
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--drop-path", type=float, default=0.1)
+  parser.add_argument("--precision", default="highest", choices=sorted(scm_lib.PRECISIONS))
+  parser.add_argument("--no-dense", action="store_true", help="skip the dense (literal) ADB variant")
+  parser.add_argument("--json", default="", help="write the results to this file")
+  args = parser.parse_args(argv)
+
+  rng = np.random.default_rng(0)
+  b, size = args.batch, args.image_size
+  batch = {"image": jnp.asarray(rng.standard_normal((b, size, size, 3)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, args.num_classes, b), jnp.int32)}
+  variants = [("tscam", "tscam", "stencil"), ("scm_stencil", "scm", "stencil")]
+  if not args.no_dense:
+    variants.append(("scm_dense", "scm", "dense"))
+
+  steps, flops = {}, {}
+  for name, method, impl in variants:
+    fn, _, flops[name] = compile_step(get_method(make_config(method, args, impl)), batch)
+    steps[name] = fn
+  grid = size // 16
+  s = jnp.asarray(rng.standard_normal((b, grid, grid, args.num_classes)), jnp.float32)
+  f = jnp.asarray(rng.uniform(size=(b, grid * grid)), jnp.float32)
+  for impl in ("stencil",) + (() if args.no_dense else ("dense",)):
+    fn, flops[f"adbs_{impl}"] = compile_adbs(
+        scm_lib.ScmConfig(impl=impl, precision=args.precision), s, f)
+    steps[f"adbs_{impl}"] = fn
+
+  times = time_round_robin(steps, args.repeats)
+  result = {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
+            "args": vars(args), "variants": {}}
+  base_t = statistics.median(times["tscam"])
+  print(f"{jax.default_backend()} {args.model} {size}px batch {b}, {args.num_classes} classes, "
+        f"{args.repeats} repeats")
+  print(f"{'variant':14s} {'median s':>9s} {'min s':>8s} {'vs tscam':>9s} {'GFLOP/img':>10s}")
+  for name, ts in times.items():
+    med = statistics.median(ts)
+    rel = med / base_t - 1.0 if not name.startswith("adbs") else float("nan")
+    result["variants"][name] = {"median_s": med, "min_s": min(ts), "times_s": ts,
+                                "gflop_per_image": flops[name] / 1e9 / b,
+                                "rel_to_tscam": rel}
+    rel_s = f"{100 * rel:+8.1f}%" if rel == rel else f"{'':9s}"
+    print(f"{name:14s} {med:9.3f} {min(ts):8.3f} {rel_s} {flops[name] / 1e9 / b:10.2f}")
+  if args.json:
+    with open(args.json, "w") as fh:
+      json.dump(result, fh, indent=2)
+  return result
+
+
+if __name__ == "__main__":
+  main()
