@@ -1,14 +1,23 @@
 """MaxBoxAccV2 on synthetic score maps: wsolevaluation's per-image/per-threshold loop vs ours.
 
   python benchmarks/eval.py [--num-maps 1000] [--delta 0.01] [--threads N] [--chunk 50]
+                            [--no-contours]
 
-Both implementations see the same float64 maps and GT boxes. The baseline is
-``wsol_jax.eval.reference.ReferenceBoxEvaluator`` (a line-by-line port of the official
-``BoxEvaluator.accumulate``: one ``cv2.threshold`` + ``findContours`` per map and threshold);
-ours is ``wsol_jax.eval.BoxAccuracy(multi_contour=True)``. Chunks of maps alternate between
-the two so that a changing machine load hits both alike. The script asserts that the
-per-threshold counts, the per-map best IoUs and MaxBoxAccV2 are identical and prints the
-speed ratio of this run.
+All implementations see the same float64 maps and GT boxes:
+
+* official: ``wsol_jax.eval.reference.ReferenceBoxEvaluator`` (a line-by-line port of the
+  official ``BoxEvaluator.accumulate``: one ``cv2.threshold`` + ``findContours`` per map and
+  threshold);
+* components: ``wsol_jax.eval.BoxAccuracy(multi_contour=True)``, whose default V2 method is the
+  numba connected-component sweep (``wsol_jax.eval.components``);
+* contours: ``BoxAccuracy(multi_contour=True, method="contours")``, one ``findContours`` per map
+  on a canvas of all distinct masks (skip with ``--no-contours``).
+
+The numba kernel is called once before timing (compilation, or loading it from numba's
+on-disk cache, is reported separately and not counted). Chunks of maps rotate between the
+implementations (the order rotates too) so that a changing machine load hits all alike; wall
+clock and this process's CPU time are both reported. The script asserts that the per-threshold
+counts, the per-map best IoUs and MaxBoxAccV2 are identical to the official loop.
 
 Synthetic maps follow the recipe of the golden set (shared/golden/v1 metrics.npz): mixtures
 of 1-4 axis-aligned Gaussians, min-max normalised (70%) or scaled to a max below 1, 25% with
@@ -24,6 +33,7 @@ import platform
 import time
 
 import cv2
+import numba
 import numpy as np
 
 from wsol_jax.eval import box_accuracy, boxes, iou, reference
@@ -96,65 +106,89 @@ def main() -> None:
   parser.add_argument("--threads", type=int, default=1, help="worker threads of ours")
   parser.add_argument("--chunk", type=int, default=50, help="maps per alternating chunk")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--no-contours", action="store_true", help="skip the OpenCV path of ours")
   args = parser.parse_args()
 
   maps, gts, kinds = make_maps(args.num_maps, args.size, args.seed)
   thresholds = boxes.cam_thresholds(args.delta)
   ious = (30, 50, 70)
+  t0 = time.perf_counter()
+  box_accuracy.BoxAccuracy(thresholds, iou_thresholds=ious).update(maps[:1], gts[:1])
+  warmup = time.perf_counter() - t0  # numba: compile, or load the cached machine code
+
   ref = reference.ReferenceBoxEvaluator(thresholds, ious, multi_contour_eval=True)
-  ours = box_accuracy.BoxAccuracy(thresholds, iou_thresholds=ious, multi_contour=True,
-                                  num_threads=args.threads)
-  t_ref, t_ours = np.zeros(len(KINDS)), np.zeros(len(KINDS))  # wall-clock seconds per kind
-  cpu_ref = cpu_ours = 0.0  # CPU seconds of this process (less sensitive to other load)
-  ref_best, ours_best = [], []
+  impls = {"official": None,
+           "components": box_accuracy.BoxAccuracy(thresholds, iou_thresholds=ious,
+                                                  multi_contour=True, num_threads=args.threads)}
+  if not args.no_contours:
+    impls["contours"] = box_accuracy.BoxAccuracy(thresholds, iou_thresholds=ious,
+                                                 multi_contour=True, method="contours",
+                                                 num_threads=args.threads)
+  names = list(impls)
+  wall = {n: np.zeros(len(KINDS)) for n in names}  # seconds per kind
+  cpu = {n: np.zeros(len(KINDS)) for n in names}  # CPU seconds of this process per kind
+  best = {n: [] for n in names}
   load0 = os.getloadavg()[0]
-  for start in range(0, len(maps), args.chunk):
+  for c, start in enumerate(range(0, len(maps), args.chunk)):
     stop = min(start + args.chunk, len(maps))
-    chunk_kinds = np.bincount(kinds[start:stop], minlength=len(KINDS))
-    c0, t0 = time.process_time(), time.perf_counter()
-    ref_best += [ref.accumulate(maps[i], iou.valid_gt(gts[i])) for i in range(start, stop)]
-    c1, t1 = time.process_time(), time.perf_counter()
-    ours_best.append(ours.update(maps[start:stop], gts[start:stop]))
-    c2, t2 = time.process_time(), time.perf_counter()
-    cpu_ref += c1 - c0
-    cpu_ours += c2 - c1
-    # Chunks are single-kind except at kind boundaries; split the time by map count there.
-    t_ref += (t1 - t0) * chunk_kinds / (stop - start)
-    t_ours += (t2 - t1) * chunk_kinds / (stop - start)
+    share = np.bincount(kinds[start:stop], minlength=len(KINDS)) / (stop - start)
+    for name in names[c % len(names):] + names[:c % len(names)]:  # rotating order
+      c0, t0 = time.process_time(), time.perf_counter()
+      if name == "official":
+        out = np.array([ref.accumulate(maps[i], iou.valid_gt(gts[i]))
+                        for i in range(start, stop)])
+      else:
+        out = impls[name].update(maps[start:stop], gts[start:stop])
+      c1, t1 = time.process_time(), time.perf_counter()
+      best[name].append(out)
+      # Chunks are single-kind except at kind boundaries; split the time by map count there.
+      wall[name] += (t1 - t0) * share
+      cpu[name] += (c1 - c0) * share
   load1 = os.getloadavg()[0]
 
-  result = ours.compute()
   ref_acc = ref.compute()
-  ref_counts = np.stack([ref.num_correct[t] for t in ious]).astype(np.int64)
-  np.testing.assert_array_equal(np.concatenate(ours_best), np.array(ref_best))
-  np.testing.assert_array_equal(result.num_correct, ref_counts)
-  np.testing.assert_array_equal(result.max_box_acc, ref_acc)
   ref_v2 = float(np.mean(ref_acc))
-  assert result.max_box_acc_v2 == ref_v2
+  ref_counts = np.stack([ref.num_correct[t] for t in ious]).astype(np.int64)
+  ref_best = np.concatenate(best["official"])
+  for name in names[1:]:
+    result = impls[name].compute()
+    np.testing.assert_array_equal(np.concatenate(best[name]), ref_best)
+    np.testing.assert_array_equal(result.num_correct, ref_counts)
+    np.testing.assert_array_equal(result.max_box_acc, ref_acc)
+    assert result.max_box_acc_v2 == ref_v2
 
   n_kind = np.bincount(kinds, minlength=len(KINDS))
   print(f"MaxBoxAccV2 benchmark: {len(maps)} maps {args.size}x{args.size}, "
         f"{len(thresholds)} thresholds (delta {args.delta}), IoU {ious}, V2 boxes")
   print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"ours with {ours.num_threads} thread(s), load average {load0:.2f} -> {load1:.2f}, "
-        f"opencv {cv2.__version__}, numpy {np.__version__}")
+        f"ours with {args.threads} thread(s), load average {load0:.2f} -> {load1:.2f}, "
+        f"opencv {cv2.__version__}, numpy {np.__version__}, numba {numba.__version__}")
+  print(f"numba warm-up (compile or load from cache, not timed below): {warmup:.2f} s")
   print()
-  print(f"| {'maps':<16} | {'n':>5} | {'official loop ms/map':>20} | {'ours ms/map':>11} | "
-        f"{'speed-up':>8} |")
-  print(f"|{'-' * 18}|{'-' * 7}|{'-' * 22}|{'-' * 13}|{'-' * 10}|")
-  for k, name in enumerate(KINDS):
-    if n_kind[k]:
-      print(f"| {name:<16} | {n_kind[k]:>5} | {1e3 * t_ref[k] / n_kind[k]:>20.2f} | "
-            f"{1e3 * t_ours[k] / n_kind[k]:>11.2f} | {t_ref[k] / t_ours[k]:>7.2f}x |")
-  print(f"| {'all':<16} | {len(maps):>5} | {1e3 * t_ref.sum() / len(maps):>20.2f} | "
-        f"{1e3 * t_ours.sum() / len(maps):>11.2f} | {t_ref.sum() / t_ours.sum():>7.2f}x |")
+  cols = " | ".join(f"{n + ' ms/map':>{max(len(n) + 7, 10)}}" for n in names)
+  print(f"| {'maps':<16} | {'n':>5} | {cols} | {'components speed-up':>19} | "
+        f"{'(CPU time)':>10} |")
+  print("|" + "|".join("-" * (w + 2) for w in
+                       [16, 5] + [max(len(n) + 7, 10) for n in names] + [19, 10]) + "|")
+  rows = [(name, n_kind[k], {n: wall[n][k] for n in names}, {n: cpu[n][k] for n in names})
+          for k, name in enumerate(KINDS) if n_kind[k]]
+  rows.append(("all", len(maps), {n: wall[n].sum() for n in names},
+               {n: cpu[n].sum() for n in names}))
+  for label, count, w, c in rows:
+    cells = " | ".join(f"{1e3 * w[n] / count:>{max(len(n) + 7, 10)}.2f}" for n in names)
+    print(f"| {label:<16} | {count:>5} | {cells} | "
+          f"{w['official'] / w['components']:>18.2f}x | "
+          f"{c['official'] / c['components']:>9.2f}x |")
   print()
-  print(f"MaxBoxAcc@30/50/70 official {ref_acc} ours {result.max_box_acc.tolist()}")
-  print(f"MaxBoxAccV2 official {ref_v2:.6f} ours {result.max_box_acc_v2:.6f}: identical; "
-        f"per-threshold counts and all {len(maps) * len(thresholds)} best IoUs identical")
-  print(f"speed ratio (official / ours, this run): {t_ref.sum() / t_ours.sum():.2f}x wall-clock "
-        f"({t_ref.sum():.1f} s vs {t_ours.sum():.1f} s), {cpu_ref / cpu_ours:.2f}x CPU time "
-        f"({cpu_ref:.1f} s vs {cpu_ours:.1f} s)")
+  print(f"MaxBoxAcc@30/50/70 official {ref_acc}; MaxBoxAccV2 official {ref_v2:.6f}: "
+        f"{' and '.join(names[1:])} identical (per-threshold counts and all "
+        f"{len(maps) * len(thresholds)} best IoUs)")
+  for name in names[1:]:
+    print(f"speed ratio official / {name} (this run): "
+          f"{wall['official'].sum() / wall[name].sum():.2f}x wall-clock "
+          f"({wall['official'].sum():.1f} s vs {wall[name].sum():.1f} s), "
+          f"{cpu['official'].sum() / cpu[name].sum():.2f}x CPU time "
+          f"({cpu['official'].sum():.1f} s vs {cpu[name].sum():.1f} s)")
 
 
 if __name__ == "__main__":

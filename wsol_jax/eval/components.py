@@ -72,7 +72,7 @@ def _ring_table(eight: bool) -> np.ndarray:
   return table
 
 
-_TABLE8 = _ring_table(True)
+_TABLES = np.stack([_ring_table(True), _ring_table(False)])  # 8- and 4-connectivity
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -86,6 +86,32 @@ def _ring_mask(parent: np.ndarray, p: int, wp: int) -> int:
           | ((((parent[p + wp] >> 31) & 1) ^ 1) << 5)
           | ((((parent[p + wp - 1] >> 31) & 1) ^ 1) << 6)
           | ((((parent[p - 1] >> 31) & 1) ^ 1) << 7))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _ring_mask_u(parent: np.ndarray, p: np.uint64, wp: np.uint64) -> int:
+  """``_ring_mask`` with unsigned indices (no negative-index wraparound code)."""
+  one = np.uint64(1)
+  return ((((parent[p - wp - one] >> 31) & 1) ^ 1)
+          | ((((parent[p - wp] >> 31) & 1) ^ 1) << 1)
+          | ((((parent[p - wp + one] >> 31) & 1) ^ 1) << 2)
+          | ((((parent[p + one] >> 31) & 1) ^ 1) << 3)
+          | ((((parent[p + wp + one] >> 31) & 1) ^ 1) << 4)
+          | ((((parent[p + wp] >> 31) & 1) ^ 1) << 5)
+          | ((((parent[p + wp - one] >> 31) & 1) ^ 1) << 6)
+          | ((((parent[p - one] >> 31) & 1) ^ 1) << 7))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _find_u(parent: np.ndarray, i: np.uint64) -> np.uint64:
+  """``_find`` with unsigned indices."""
+  while True:
+    a = np.uint64(parent[i])
+    if a == i:
+      return i
+    b = np.uint64(parent[a])
+    parent[i] = np.int32(b)
+    i = b
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -313,7 +339,7 @@ def _sort_pixels(height: int, width: int, up: np.ndarray, hist: np.ndarray, orde
 
 @numba.njit(cache=True, nogil=True)
 def _foreground(height: int, width: int, start: np.ndarray, order: np.ndarray, need: np.ndarray,
-                t_min: int, gt: np.ndarray, table8: np.ndarray, parent: np.ndarray,
+                t_min: int, gt: np.ndarray, tables: np.ndarray, parent: np.ndarray,
                 node: np.ndarray, act: np.ndarray, act_iou: np.ndarray, stale: np.ndarray,
                 level_best: np.ndarray, record: bool, rec: np.ndarray, n_rec: int
                 ) -> tuple[np.ndarray, int]:
@@ -327,6 +353,15 @@ def _foreground(height: int, width: int, start: np.ndarray, order: np.ndarray, n
   ring = np.empty(8, np.int64)
   for j in range(8):
     ring[j] = _RING_DY[j] * wp + _RING_DX[j]
+  table8 = tables[0]
+  # Per pattern: the number of neighbours to union with and their (wrapped uint64) offsets.
+  count = np.empty(256, np.int64)
+  offs = np.empty((256, 4), np.uint64)
+  for m in range(256):
+    count[m] = table8[m, 0]
+    for j in range(4):
+      offs[m, j] = ring[table8[m, j + 1]] if j < count[m] else 0
+  uwp = np.uint64(wp)
   parent[:n_pad] = -1
   n_act = 0
   n_stale = 0
@@ -342,31 +377,34 @@ def _foreground(height: int, width: int, start: np.ndarray, order: np.ndarray, n
       yx = order[i]
       y = yx >> 16
       x = yx & 0xffff
-      p = y * wp + x
-      r = -1
-      m = _ring_mask(parent, p, wp)
-      for j in range(table8[m, 0]):
-        s = _find(parent, p + ring[table8[m, j + 1]])
-        if r < 0:  # p joins its first neighbouring component
+      p = np.uint64(y) * uwp + np.uint64(x)
+      r = np.uint64(0)
+      found = False
+      m = _ring_mask_u(parent, p, uwp)
+      for j in range(count[m]):
+        s = _find_u(parent, p + offs[m, j])
+        if not found:  # p joins its first neighbouring component
+          found = True
           r = s
-          parent[p] = r
+          parent[p] = np.int32(r)
           node[r, _SIZE] += 1
           if _grow(node, r, x, y, x, y):
-            n_stale = _mark_stale(node, stale, n_stale, r)
+            n_stale = _mark_stale(node, stale, n_stale, np.int64(r))
           continue
         if s == r:
           continue
         if node[r, _SIZE] < node[s, _SIZE]:
           r, s = s, r
-        parent[s] = r
+        parent[s] = np.int32(r)
         node[r, _SIZE] += node[s, _SIZE]
         if _grow(node, r, node[s, _X0], node[s, _Y0], node[s, _X1], node[s, _Y1]):
-          n_stale = _mark_stale(node, stale, n_stale, r)
-        n_act = _deactivate(node, act, act_iou, n_act, s)
-      if r < 0:  # a new component
-        _new_root(node, parent, p, x, y)
-        n_act = _activate(node, act, n_act, p)
-        n_stale = _mark_stale(node, stale, n_stale, p)
+          n_stale = _mark_stale(node, stale, n_stale, np.int64(r))
+        n_act = _deactivate(node, act, act_iou, n_act, np.int64(s))
+      if not found:  # a new component
+        q = np.int64(p)
+        _new_root(node, parent, q, x, y)
+        n_act = _activate(node, act, n_act, q)
+        n_stale = _mark_stale(node, stale, n_stale, q)
     changed |= start[v + 1] > start[v]
     level = v - 1  # the foreground is now U >= v, i.e. U > v - 1
     if not need[level + 1]:
@@ -388,18 +426,21 @@ def _foreground(height: int, width: int, start: np.ndarray, order: np.ndarray, n
 
 
 @numba.njit(cache=True, nogil=True)
-def _escape_levels(height: int, width: int, up: np.ndarray, esc: np.ndarray, fifo: np.ndarray,
-                   queued: np.ndarray, holes: np.ndarray) -> int:
+def _escape_levels(height: int, width: int, up: np.ndarray, esc: np.ndarray, stack: np.ndarray,
+                   queued: np.ndarray, holes: np.ndarray, need: np.ndarray) -> int:
   """Grey-level hole filling: the level at which each pixel's background reaches the border.
 
   ``esc[p]`` is the min over 4-paths from p to the image border of the max U on the path, i.e.
   the reconstruction by erosion of U from its border values; a background pixel (U <= T) is in
   a hole at T exactly when T < esc[p]. Computed with Vincent's hybrid algorithm (a raster and
-  an anti-raster scan, then a FIFO for what the scans miss). The padding of ``up`` and ``esc``
+  an anti-raster scan, then a queue for what the scans miss; the queue is a stack here: the
+  propagation converges to the same fixpoint in any order). The padding of ``up`` and ``esc``
   is 255, so it never lowers a neighbour and is never queued.
 
   Returns:
-    The number n of hole-capable pixels (U < esc), listed (padded indices) in ``holes[:n]``.
+    The number n of pixels in a hole at some needed level T (U <= T < esc), listed in
+    ``holes[:n]`` as padded coordinates ``y << 16 | x``. The other pixels are never in a hole at a needed level, so
+    they never connect hole pixels there.
   """
   wp = width + 2
   n_pad = (height + 2) * wp
@@ -409,56 +450,61 @@ def _escape_levels(height: int, width: int, up: np.ndarray, esc: np.ndarray, fif
   for y in range(1, height + 1):
     esc[y * wp + 1] = up[y * wp + 1]
     esc[y * wp + width] = up[y * wp + width]
+  uwp = np.uint64(wp)
+  one = np.uint64(1)
   for y in range(2, height):  # raster scan over the interior: N and W neighbours
-    row = y * wp
-    left = esc[row + 1]
+    row = np.uint64(y * wp)
+    left = esc[row + one]
     for x in range(2, width):
-      p = row + x
-      e = min(left, esc[p - wp])
-      e = max(e, up[p])
+      p = row + np.uint64(x)
+      e = max(min(left, esc[p - uwp]), up[p])
       left = e
       esc[p] = e
-  n_fifo = 0
-  queued[:n_pad] = 0
-  fifo[0] = 0
   for y in range(height - 1, 1, -1):  # anti-raster scan: S and E neighbours
-    row = y * wp
-    right = esc[row + width]
+    row = np.uint64(y * wp)
+    right = esc[row + np.uint64(width)]
     for x in range(width - 1, 1, -1):
-      p = row + x
-      e = min(esc[p], right, esc[p + wp])
-      e = max(e, up[p])
+      p = row + np.uint64(x)
+      e = max(min(esc[p], right, esc[p + uwp]), up[p])
       right = e
       esc[p] = e
-      # Queue p if it can still lower its E or S neighbour (branch-free: noise maps make this
-      # test unpredictable).
-      lower = (((esc[p + 1] > e) & (esc[p + 1] > up[p + 1]))
-               | ((esc[p + wp] > e) & (esc[p + wp] > up[p + wp])))
-      fifo[n_fifo] = p
+  # Seed a stack with the pixels that can still lower their E or S neighbour (branch-free:
+  # noise maps make the test unpredictable); N and W were lowered by the anti-raster scan.
+  n_stack = 0
+  queued[:n_pad] = 0
+  for y in range(2, height):
+    row = np.uint64(y * wp)
+    for x in range(2, width):
+      p = row + np.uint64(x)
+      e = esc[p]
+      east, south = esc[p + one], esc[p + uwp]
+      lower = ((east > e) & (east > up[p + one])) | ((south > e) & (south > up[p + uwp]))
+      stack[n_stack] = p
       queued[p] = lower
-      n_fifo += lower
-  head = 0
-  while n_fifo > 0:  # circular FIFO; a pixel is queued at most once at a time
-    p = fifo[head]
-    head = head + 1 if head + 1 < n_pad else 0
-    n_fifo -= 1
+      n_stack += lower
+  while n_stack > 0:  # propagation; a pixel is on the stack at most once at a time
+    n_stack -= 1
+    p = np.uint64(stack[n_stack])
     queued[p] = 0
     e = esc[p]
-    for q in (p - wp, p - 1, p + 1, p + wp):
+    for q in (p - uwp, p - one, p + one, p + uwp):
       if esc[q] > e and esc[q] != up[q]:
         esc[q] = max(e, up[q])
         if queued[q] == 0:
-          tail = head + n_fifo
-          fifo[tail if tail < n_pad else tail - n_pad] = q
-          n_fifo += 1
+          stack[n_stack] = q
+          n_stack += 1
           queued[q] = 1
+  next_need = np.empty(257, np.int64)  # the smallest needed T >= v
+  next_need[256] = 256
+  for v in range(255, -1, -1):
+    next_need[v] = v if need[v + 1] else next_need[v + 1]
   n_holes = 0
   for y in range(2, height):
     row = y * wp
     for x in range(2, width):
       p = row + x
-      holes[n_holes] = p
-      n_holes += up[p] < esc[p]
+      holes[n_holes] = y << 16 | x
+      n_holes += next_need[up[p]] < esc[p]
   return n_holes
 
 
@@ -466,8 +512,8 @@ def _escape_levels(height: int, width: int, up: np.ndarray, esc: np.ndarray, fif
 def _holes(height: int, width: int, up: np.ndarray, esc: np.ndarray, holes: np.ndarray,
            n_holes: int, need: np.ndarray, t_max: int, gt: np.ndarray, parent: np.ndarray,
            node: np.ndarray, act: np.ndarray, act_iou: np.ndarray, stale: np.ndarray,
-           order: np.ndarray, nxt: np.ndarray, level_best: np.ndarray, record: bool,
-           rec: np.ndarray, n_rec: int) -> tuple[np.ndarray, int]:
+           order: np.ndarray, nxt: np.ndarray, tables: np.ndarray, level_best: np.ndarray,
+           record: bool, rec: np.ndarray, n_rec: int) -> tuple[np.ndarray, int]:
   """Hole boxes: 4-connected components of the hole-capable pixels with U <= T < esc.
 
   A background component is a hole at T iff its pixels have esc > T (esc is constant on a
@@ -477,16 +523,21 @@ def _holes(height: int, width: int, up: np.ndarray, esc: np.ndarray, holes: np.n
   """
   wp = width + 2
   n_pad = (height + 2) * wp
-  start = np.zeros(257, np.int64)  # counting sort of the hole-capable pixels by value
+  table4 = tables[1]
+  ring = np.empty(8, np.int64)
+  for j in range(8):
+    ring[j] = _RING_DY[j] * wp + _RING_DX[j]
+  start = np.zeros(257, np.int64)  # counting sort of the hole pixels by value
   for i in range(n_holes):
-    start[up[holes[i]] + 1] += 1
+    yx = holes[i]
+    start[up[(yx >> 16) * wp + (yx & 0xffff)] + 1] += 1
   for v in range(256):
     start[v + 1] += start[v]
   fill = start[:256].copy()
   for i in range(n_holes):
-    p = holes[i]
-    v = up[p]
-    order[fill[v]] = p
+    yx = holes[i]
+    v = up[(yx >> 16) * wp + (yx & 0xffff)]
+    order[fill[v]] = yx
     fill[v] += 1
   exit_head = np.full(256, -1, np.int32)  # roots by the level at which they leave
   parent[:n_pad] = -1
@@ -496,14 +547,14 @@ def _holes(height: int, width: int, up: np.ndarray, esc: np.ndarray, holes: np.n
   changed = True
   for level in range(t_max + 1):
     for i in range(start[level], start[level + 1]):
-      p = order[i]
-      y = p // wp
-      x = p - y * wp
+      yx = order[i]
+      y = yx >> 16
+      x = yx & 0xffff
+      p = y * wp + x
       r = -1
-      for q in (p - wp, p - 1, p + 1, p + wp):
-        if parent[q] < 0:
-          continue
-        s = _find(parent, q)
+      m = _ring_mask(parent, p, wp)
+      for j in range(table4[m, 0]):
+        s = _find(parent, p + ring[table4[m, j + 1]])
         if r < 0:
           r = s
           parent[p] = r
@@ -549,8 +600,8 @@ def _holes(height: int, width: int, up: np.ndarray, esc: np.ndarray, holes: np.n
 @numba.njit(cache=True, nogil=True)
 def _sweep_map(height: int, width: int, up: np.ndarray, hist: np.ndarray, t: np.ndarray,
                gt: np.ndarray, out: np.ndarray, ws: np.ndarray, node: np.ndarray,
-               act_iou: np.ndarray, esc: np.ndarray, table8: np.ndarray, record: bool,
-               rec: np.ndarray) -> tuple[np.ndarray, int]:
+               act_iou: np.ndarray, esc: np.ndarray, flags: np.ndarray, tables: np.ndarray,
+               record: bool, rec: np.ndarray) -> tuple[np.ndarray, int]:
   """Best V2 IoU at every threshold of one padded map (optionally the boxes of every level).
 
   Args:
@@ -560,8 +611,8 @@ def _sweep_map(height: int, width: int, up: np.ndarray, hist: np.ndarray, t: np.
     t: (K,) int64 integer thresholds, clipped to [-1, 255]; foreground is ``U > t``.
     gt: (G, 4) int64 GT boxes, rows with x0 < 0 are padding (at least one valid row).
     out: (K,) float64 output: best IoU per threshold.
-    ws, node, act_iou, esc: workspaces (see ``_workspace``).
-    table8: ``_TABLE8``.
+    ws, node, act_iou, esc, flags: workspaces (see ``_workspace``).
+    tables: ``_TABLES``.
     record: also record the boxes of every threshold level into ``rec``.
     rec: (N, 5) int64 growable buffer of ``[T, x0, y0, x1, y1]`` rows (record only).
 
@@ -577,23 +628,26 @@ def _sweep_map(height: int, width: int, up: np.ndarray, hist: np.ndarray, t: np.
   parent, act, stale, order, scratch = ws[0], ws[1], ws[2], ws[3], ws[4]
   start = _sort_pixels(height, width, up, hist, order, t_min + 1)
   fg_best = np.full(_NUM_LEVELS, -1.0)
-  rec, n_rec = _foreground(height, width, start, order, need, t_min, gt, table8, parent, node,
+  rec, n_rec = _foreground(height, width, start, order, need, t_min, gt, tables, parent, node,
                            act, act_iou, stale, fg_best, record, rec, 0)
   hole_best = np.full(_NUM_LEVELS, -1.0)
   if t_max >= 0 and height > 2 and width > 2:  # holes need an interior
-    n_holes = _escape_levels(height, width, up, esc, order, parent, scratch)
+    n_holes = _escape_levels(height, width, up, esc, order, flags, scratch, need)
     rec, n_rec = _holes(height, width, up, esc, scratch, n_holes, need, t_max, gt, parent, node,
-                        act, act_iou, stale, order, ws[5], hole_best, record, rec, n_rec)
+                        act, act_iou, stale, order, ws[5], tables, hole_best, record, rec,
+                        n_rec)
   for k in range(t.shape[0]):
     out[k] = max(fg_best[t[k] + 1], hole_best[t[k] + 1])
   return rec, n_rec
 
 
 def _workspace(height: int, width: int) -> tuple[np.ndarray, ...]:
-  """ws (6, n) int32, node (n, 8) int32, act_iou (n,) float64, esc (n,) uint8, table8."""
+  """ws (6, n) int32, node (n, 8) int32, act_iou (n,) float64, esc and flags (n,) uint8,
+  tables."""
   n_pad = (height + 2) * (width + 2)
   return (np.empty((6, n_pad), np.int32), np.empty((n_pad, _NODE_FIELDS), np.int32),
-          np.empty(n_pad, np.float64), np.empty(n_pad, np.uint8), _TABLE8)
+          np.empty(n_pad, np.float64), np.empty(n_pad, np.uint8), np.empty(n_pad, np.uint8),
+          _TABLES)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -609,7 +663,7 @@ def _int_threshold(tau: float, u_max: int) -> int:
 
 @numba.njit(cache=True, nogil=True)
 def _evaluate_batch(maps: np.ndarray, taus: np.ndarray, gt: np.ndarray, out: np.ndarray,
-                    stats: np.ndarray, table8: np.ndarray) -> None:
+                    stats: np.ndarray, tables: np.ndarray) -> None:
   """Quantise and evaluate float64 maps (B, H, W) against gt (B, G, 4) -> out (B, K).
 
   ``stats[b]`` receives (min S, max S, has NaN) for the caller's validity check.
@@ -620,6 +674,7 @@ def _evaluate_batch(maps: np.ndarray, taus: np.ndarray, gt: np.ndarray, out: np.
   node = np.empty((n_pad, _NODE_FIELDS), np.int32)
   act_iou = np.empty(n_pad, np.float64)
   esc = np.empty(n_pad, np.uint8)
+  flags = np.empty(n_pad, np.uint8)
   up = np.empty(n_pad, np.uint8)
   hist = np.empty(256, np.int64)
   t = np.empty(taus.shape[0], np.int64)
@@ -631,13 +686,13 @@ def _evaluate_batch(maps: np.ndarray, taus: np.ndarray, gt: np.ndarray, out: np.
     stats[b, 2] = 1.0 if nan else 0.0
     for k in range(taus.shape[0]):
       t[k] = _int_threshold(taus[k], u_max)
-    _sweep_map(height, width, up, hist, t, gt[b], out[b], ws, node, act_iou, esc, table8,
-               False, rec)
+    _sweep_map(height, width, up, hist, t, gt[b], out[b], ws, node, act_iou, esc, flags,
+               tables, False, rec)
 
 
 @numba.njit(cache=True, nogil=True)
 def _sweep_batch(u: np.ndarray, t: np.ndarray, gt: np.ndarray, out: np.ndarray,
-                 table8: np.ndarray) -> None:
+                 tables: np.ndarray) -> None:
   """Evaluates uint8 maps u (B, H, W) at integer thresholds t (B, K) -> out (B, K)."""
   height, width = u.shape[1], u.shape[2]
   n_pad = (height + 2) * (width + 2)
@@ -645,13 +700,14 @@ def _sweep_batch(u: np.ndarray, t: np.ndarray, gt: np.ndarray, out: np.ndarray,
   node = np.empty((n_pad, _NODE_FIELDS), np.int32)
   act_iou = np.empty(n_pad, np.float64)
   esc = np.empty(n_pad, np.uint8)
+  flags = np.empty(n_pad, np.uint8)
   up = np.empty(n_pad, np.uint8)
   hist = np.empty(256, np.int64)
   rec = np.empty((0, 5), np.int64)
   for b in range(u.shape[0]):
     _pad(u[b], up, hist)
-    _sweep_map(height, width, up, hist, t[b], gt[b], out[b], ws, node, act_iou, esc, table8,
-               False, rec)
+    _sweep_map(height, width, up, hist, t[b], gt[b], out[b], ws, node, act_iou, esc, flags,
+               tables, False, rec)
 
 
 def _clip_thresholds(int_thresholds: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -679,7 +735,7 @@ def evaluate_maps(scoremaps: np.ndarray, thresholds: Sequence[float] | np.ndarra
   out = np.empty((len(maps), len(taus)), np.float64)
   stats = np.empty((len(maps), 3), np.float64)
   if len(maps):
-    _evaluate_batch(maps, taus, gt, out, stats, _TABLE8)
+    _evaluate_batch(maps, taus, gt, out, stats, _TABLES)
   return out, stats
 
 
@@ -718,7 +774,7 @@ def best_ious_batch(u: np.ndarray, int_thresholds: np.ndarray, gt_boxes: np.ndar
   gt = np.ascontiguousarray(gt_boxes, dtype=np.int64)
   out = np.empty(t.shape, np.float64)
   if len(u):
-    _sweep_batch(u, t, gt, out, _TABLE8)
+    _sweep_batch(u, t, gt, out, _TABLES)
   return out
 
 
@@ -741,12 +797,12 @@ def component_boxes(u: np.ndarray, int_thresholds: Sequence[int] | np.ndarray,
   gt = (np.asarray([[0, 0, 0, 0]], np.int64) if gt_boxes is None
         else np.ascontiguousarray(np.asarray(gt_boxes, np.int64).reshape(-1, 4)))
   out = np.empty(len(t), np.float64)
-  ws, node, act_iou, esc, table8 = _workspace(*u.shape)
+  ws, node, act_iou, esc, flags, tables = _workspace(*u.shape)
   up = np.empty(len(act_iou), np.uint8)
   hist = np.empty(256, np.int64)
   _pad(u, up, hist)
   rec, n_rec = _sweep_map(u.shape[0], u.shape[1], up, hist, t, gt, out, ws, node, act_iou, esc,
-                          table8, True, np.empty((256, 5), np.int64))
+                          flags, tables, True, np.empty((256, 5), np.int64))
   rec = rec[:n_rec]
   above = np.concatenate([[u.size], u.size - np.cumsum(hist)])  # above[T + 1] = #(U > T)
   _, first, mask_index = np.unique(above[t + 1], return_index=True, return_inverse=True)
