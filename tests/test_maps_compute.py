@@ -62,6 +62,21 @@ def test_batch_of_four_equals_four_batches_of_one(golden_model, golden_inputs, g
       np.testing.assert_allclose(out[kind][0], batched[kind][i], atol=1e-5 * scale, err_msg=kind)
 
 
+@pytest.mark.parametrize("head,kinds", [("linear", ("lrp", "gar")), ("conv3x3", ("tscam", "scm"))])
+def test_lrp_and_semantic_kinds_are_batch_independent(head, kinds):
+  model = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2,
+                            num_classes=5, head=head)
+  x = jax.random.normal(jax.random.key(3), (3, 32, 32, 3))
+  variables = jax.jit(model.init)(jax.random.key(0), x)
+  fn = maps.jitted(model, kinds)
+  batched, logits = fn(variables, x)
+  for i in range(3):
+    out, _ = fn(variables, x[i:i + 1], jnp.argmax(logits[i:i + 1], -1))
+    for kind in kinds:
+      scale = np.abs(batched[kind][i]).max()
+      np.testing.assert_allclose(out[kind][0], batched[kind][i], atol=1e-5 * scale, err_msg=kind)
+
+
 def test_cam_batch_of_four_equals_four_batches_of_one():
   model = ResNet(layers=(1, 1, 1, 1), num_classes=5, output_stride=16)
   x = jax.random.normal(jax.random.key(2), (4, 64, 64, 3))
