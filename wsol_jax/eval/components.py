@@ -110,6 +110,8 @@ def _find_u(parent: np.ndarray, i: np.uint64) -> np.uint64:
     if a == i:
       return i
     b = np.uint64(parent[a])
+    if b == a:
+      return a
     parent[i] = np.int32(b)
     i = b
 
@@ -378,19 +380,21 @@ def _foreground(height: int, width: int, start: np.ndarray, order: np.ndarray, n
       y = yx >> 16
       x = yx & 0xffff
       p = np.uint64(y) * uwp + np.uint64(x)
-      r = np.uint64(0)
-      found = False
       m = _ring_mask_u(parent, p, uwp)
-      for j in range(count[m]):
+      n_reps = count[m]
+      if n_reps == 0:  # a new component
+        q = np.int64(p)
+        _new_root(node, parent, q, x, y)
+        n_act = _activate(node, act, n_act, q)
+        n_stale = _mark_stale(node, stale, n_stale, q)
+        continue
+      r = _find_u(parent, p + offs[m, 0])  # p joins its first neighbouring component
+      parent[p] = np.int32(r)
+      node[r, _SIZE] += 1
+      if _grow(node, r, x, y, x, y):
+        n_stale = _mark_stale(node, stale, n_stale, np.int64(r))
+      for j in range(1, n_reps):  # and merges the others into it
         s = _find_u(parent, p + offs[m, j])
-        if not found:  # p joins its first neighbouring component
-          found = True
-          r = s
-          parent[p] = np.int32(r)
-          node[r, _SIZE] += 1
-          if _grow(node, r, x, y, x, y):
-            n_stale = _mark_stale(node, stale, n_stale, np.int64(r))
-          continue
         if s == r:
           continue
         if node[r, _SIZE] < node[s, _SIZE]:
@@ -400,11 +404,6 @@ def _foreground(height: int, width: int, start: np.ndarray, order: np.ndarray, n
         if _grow(node, r, node[s, _X0], node[s, _Y0], node[s, _X1], node[s, _Y1]):
           n_stale = _mark_stale(node, stale, n_stale, np.int64(r))
         n_act = _deactivate(node, act, act_iou, n_act, np.int64(s))
-      if not found:  # a new component
-        q = np.int64(p)
-        _new_root(node, parent, q, x, y)
-        n_act = _activate(node, act, n_act, q)
-        n_stale = _mark_stale(node, stale, n_stale, q)
     changed |= start[v + 1] > start[v]
     level = v - 1  # the foreground is now U >= v, i.e. U > v - 1
     if not need[level + 1]:
@@ -460,25 +459,21 @@ def _escape_levels(height: int, width: int, up: np.ndarray, esc: np.ndarray, sta
       e = max(min(left, esc[p - uwp]), up[p])
       left = e
       esc[p] = e
-  for y in range(height - 1, 1, -1):  # anti-raster scan: S and E neighbours
+  # Anti-raster scan (S and E neighbours). It also seeds a stack with the pixels that can
+  # still lower their (final) E or S neighbour, branch-free (noise makes the test
+  # unpredictable); N and W are lowered by the scan itself.
+  n_stack = 0
+  queued[:n_pad] = 0
+  for y in range(height - 1, 1, -1):
     row = np.uint64(y * wp)
     right = esc[row + np.uint64(width)]
     for x in range(width - 1, 1, -1):
       p = row + np.uint64(x)
-      e = max(min(esc[p], right, esc[p + uwp]), up[p])
+      south = esc[p + uwp]
+      e = max(min(esc[p], right, south), up[p])
+      lower = ((right > e) & (right > up[p + one])) | ((south > e) & (south > up[p + uwp]))
       right = e
       esc[p] = e
-  # Seed a stack with the pixels that can still lower their E or S neighbour (branch-free:
-  # noise maps make the test unpredictable); N and W were lowered by the anti-raster scan.
-  n_stack = 0
-  queued[:n_pad] = 0
-  for y in range(2, height):
-    row = np.uint64(y * wp)
-    for x in range(2, width):
-      p = row + np.uint64(x)
-      e = esc[p]
-      east, south = esc[p + one], esc[p + uwp]
-      lower = ((east > e) & (east > up[p + one])) | ((south > e) & (south > up[p + uwp]))
       stack[n_stack] = p
       queued[p] = lower
       n_stack += lower
