@@ -12,6 +12,10 @@ from wsol_jax.methods.base import Method
 METHODS = {
     "tscam": "wsol_jax.methods.tscam:TsCam",
     "scm": "wsol_jax.methods.scm:Scm",
+    "vitol": "wsol_jax.methods.vitol:Vitol",
+    "agcam": "wsol_jax.methods.agcam:AgCam",
+    "rfga": "wsol_jax.methods.rfga:Rfga",
+    "cam": "wsol_jax.methods.cam:Cam",
 }
 
 
