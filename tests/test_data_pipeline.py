@@ -35,6 +35,7 @@ def _assert_same(a, b):
 def test_train_batches_shapes_and_determinism(cfg):
   it = pipeline.build_train_iterator(cfg, batch_size=8, seed=3)
   assert it.num_classes == 6 and it.class_names[:2] == ("disk", "triangle")
+  assert it.steps_per_epoch == 3 and it.info.has_masks and it.info.max_boxes == 1
   first = _take(it, 4)
   b = first[0]
   assert set(b) == {"image", "label"}

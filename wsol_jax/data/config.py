@@ -35,7 +35,7 @@ Fields of ``cfg_data`` (``default_data_config()``; '' / 0 mean "dataset default"
   synthetic      for name='synthetic' (see ``synthetic.SyntheticParams``):
     generate       create the dataset in data_dir if it is missing (True).
     num_classes, num_train, num_val, num_test, seed, min_size, max_size,
-    object_scale, aspect, clutter, noise_std, min_contrast.
+    object_scale, aspect, rotation, texture_prob, clutter, noise_std, min_contrast.
 """
 from __future__ import annotations
 

@@ -165,15 +165,23 @@ class TrainIterator:
   Attributes:
     num_skipped: unreadable images dropped so far (since construction; not part
       of the saved state).
-    info: ``DatasetInfo`` of the dataset.
+    info: ``DatasetInfo`` of the dataset (also ``num_classes``, ``class_names``).
+    batch_size: the global batch size.
   """
 
-  def __init__(self, loader: grain.DataLoader, info: DatasetInfo, source: sources.Source):
+  def __init__(self, loader: grain.DataLoader, info: DatasetInfo, source: sources.Source,
+               batch_size: int):
     self._loader = loader
     self._it = iter(loader)
     self.info = info
     self.source = source
+    self.batch_size = int(batch_size)
     self.num_skipped = 0
+
+  @property
+  def steps_per_epoch(self) -> int:
+    """Global batches per pass over the training split (len(source) // batch_size)."""
+    return len(self.source) // self.batch_size
 
   @property
   def num_classes(self) -> int:
@@ -269,7 +277,7 @@ def build_train_iterator(cfg_data: Any, batch_size: int, seed: int) -> TrainIter
       resize_size=cfg_data.resize_size, random_flip=bool(cfg_data.get("random_flip", True)),
       max_boxes=info.max_boxes if cfg_data.get("train_boxes", False) else 0,
       num_epochs=num_epochs, **_loader_kwargs(cfg_data))
-  return TrainIterator(loader, info, source)
+  return TrainIterator(loader, info, source, batch_size)
 
 
 def build_eval_iterator(cfg_data: Any, split: str, batch_size: int) -> EvalIterator:

@@ -301,16 +301,22 @@ def render_example(rng: np.random.Generator, params: RenderParams) -> Example:
   return Example(image=image, mask=mask, box=box, label=label)
 
 
-# Fast lossless PNG: Huffman-only deflate (the pixel noise defeats LZ77 anyway).
-_PNG_FLAGS = [cv2.IMWRITE_PNG_COMPRESSION, 1,
-              cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
+# Images: PNG with stored (uncompressed) deflate blocks and no row filter. The
+# pixel noise makes compression slow and weak (x0.5 size for x15 time), and
+# stored PNGs also decode 2-3x faster in the training pipeline (~50 KB each).
+# Masks compress to well under 1 KB at zlib level 1.
+_PNG_IMAGE_FLAGS = [cv2.IMWRITE_PNG_COMPRESSION, 0,
+                    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+_PNG_MASK_FLAGS = [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                   cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 
 
 def encode_png(array: np.ndarray) -> bytes:
-  """PNG bytes of an RGB (H,W,3) or gray (H,W) uint8 array (cv2 is BGR, hence the flip)."""
+  """PNG bytes of an RGB (H,W,3) image or a gray (H,W) mask, uint8 (cv2 is BGR: flipped)."""
+  flags = _PNG_IMAGE_FLAGS if array.ndim == 3 else _PNG_MASK_FLAGS
   if array.ndim == 3:
     array = array[..., ::-1]
-  ok, buf = cv2.imencode(".png", np.ascontiguousarray(array), _PNG_FLAGS)
+  ok, buf = cv2.imencode(".png", np.ascontiguousarray(array), flags)
   if not ok:
     raise RuntimeError("PNG encoding failed")
   return buf.tobytes()
