@@ -72,7 +72,35 @@ def _ring_table(eight: bool) -> np.ndarray:
   return table
 
 
-_TABLES = np.stack([_ring_table(True), _ring_table(False)])  # 8- and 4-connectivity
+def _euler_table() -> np.ndarray:
+  """(256,) change of 4x the Euler number (8-connected foreground, 4-connected background)
+  when a pixel with in-set ring pattern m joins the set.
+
+  Gray's bit-quad formula ``E = (n(Q1) - n(Q3) - 2 n(QD)) / 4`` summed over the four 2x2 quads
+  that contain the pixel. The Euler number is (#components - #holes), so the number of holes
+  (= hole contours of ``findContours``) is known at every level for the price of a lookup.
+  """
+  def quad(q: np.ndarray) -> int:
+    n = int(q.sum())
+    return 1 if n == 1 else -1 if n == 3 else -2 if n == 2 and q[0, 0] == q[1, 1] else 0
+  table = np.zeros(256, np.int64)
+  for m in range(256):
+    g = np.zeros((3, 3), np.int64)
+    for j in range(8):
+      g[1 + _RING_DY[j], 1 + _RING_DX[j]] = (m >> j) & 1
+    for qy in (0, 1):
+      for qx in (0, 1):
+        without = g[qy:qy + 2, qx:qx + 2].copy()
+        with_p = without.copy()
+        with_p[1 - qy, 1 - qx] = 1
+        table[m] += quad(with_p) - quad(without)
+  return table
+
+
+# Per ring pattern: [0] unions with 8-connectivity, [1] with 4-connectivity (``_ring_table``),
+# [2, :, 0] the Euler-number change (``_euler_table``).
+_TABLES = np.stack([_ring_table(True), _ring_table(False), np.zeros((256, 5), np.int64)])
+_TABLES[2, :, 0] = _euler_table()
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -260,11 +288,15 @@ def _record_level(rec: np.ndarray, n_rec: int, level: int, node: np.ndarray, act
 
 
 @numba.njit(cache=True, nogil=True)
-def _quantize(s: np.ndarray, up: np.ndarray, hist: np.ndarray) -> tuple[int, float, float, bool]:
-  """``U = uint8(255·S)`` (float64 product, truncation) into the padded ``up`` + histogram.
+def _quantize(s: np.ndarray, up: np.ndarray, hist: np.ndarray, head: np.ndarray,
+              link: np.ndarray) -> tuple[int, float, float, bool]:
+  """``U = uint8(255·S)`` (float64 product, truncation) into the padded ``up``, bucketed.
 
-  The padding of ``up`` is 255 (see ``_escape_levels``). Values outside [0, 1] or NaN (which
-  the caller rejects) are clamped so that nothing is undefined.
+  Also fills the histogram and, per value v, a linked list of its pixels (instead of a
+  counting sort): ``head[v]`` is the first pixel as padded coordinates ``y << 16 | x`` (-1:
+  none) and ``link[p]`` the one after padded index p. The padding of ``up`` is 255 (see
+  ``_escape_levels``). Values outside [0, 1] or NaN (which the caller rejects) are clamped so
+  that nothing is undefined.
 
   Returns:
     max U, min S, max S, whether S has a NaN.
@@ -274,6 +306,7 @@ def _quantize(s: np.ndarray, up: np.ndarray, hist: np.ndarray) -> tuple[int, flo
   up[:wp] = 255
   up[(height + 1) * wp:(height + 2) * wp] = 255
   hist[:] = 0
+  head[:] = -1
   lo, hi, nan = np.inf, -np.inf, False
   for y in range(height):
     row = (y + 1) * wp
@@ -289,8 +322,11 @@ def _quantize(s: np.ndarray, up: np.ndarray, hist: np.ndarray) -> tuple[int, flo
         nan = True
       w = v * 255.0
       q = int(w) if 0.0 <= w < 256.0 else 0
-      up[row + x + 1] = q
+      p = row + x + 1
+      up[p] = q
       hist[q] += 1
+      link[p] = head[q]
+      head[q] = (y + 1) << 16 | (x + 1)
   u_max = 255
   while u_max > 0 and hist[u_max] == 0:
     u_max -= 1
@@ -298,57 +334,39 @@ def _quantize(s: np.ndarray, up: np.ndarray, hist: np.ndarray) -> tuple[int, flo
 
 
 @numba.njit(cache=True, nogil=True)
-def _pad(u: np.ndarray, up: np.ndarray, hist: np.ndarray) -> None:
-  """Copies uint8 U into the padded ``up`` (padding 255) and histograms it."""
+def _pad(u: np.ndarray, up: np.ndarray, hist: np.ndarray, head: np.ndarray, link: np.ndarray
+         ) -> None:
+  """``_quantize`` for an already quantised uint8 U."""
   height, width = u.shape
   wp = width + 2
   up[:wp] = 255
   up[(height + 1) * wp:(height + 2) * wp] = 255
   hist[:] = 0
+  head[:] = -1
   for y in range(height):
     row = (y + 1) * wp
     up[row] = 255
     up[row + wp - 1] = 255
     for x in range(width):
-      v = u[y, x]
-      up[row + x + 1] = v
-      hist[v] += 1
+      q = u[y, x]
+      p = row + x + 1
+      up[p] = q
+      hist[q] += 1
+      link[p] = head[q]
+      head[q] = (y + 1) << 16 | (x + 1)
 
 
 @numba.njit(cache=True, nogil=True)
-def _sort_pixels(height: int, width: int, up: np.ndarray, hist: np.ndarray, order: np.ndarray,
-                 v_min: int) -> np.ndarray:
-  """Counting sort of the pixels with value >= v_min by value.
-
-  Returns:
-    (257,) int64 ``start``: the pixels of value v >= v_min are ``order[start[v]:start[v+1]]``,
-    as padded coordinates ``(y+1) << 16 | (x+1)`` in raster order.
-  """
-  wp = width + 2
-  start = np.zeros(257, np.int64)
-  for v in range(max(v_min, 0), 256):
-    start[v + 1] = start[v] + hist[v]
-  fill = start[:256].copy()
-  for y in range(1, height + 1):
-    row = y * wp
-    for x in range(1, width + 1):
-      v = up[row + x]
-      if v >= v_min:
-        order[fill[v]] = y << 16 | x
-        fill[v] += 1
-  return start
-
-
-@numba.njit(cache=True, nogil=True)
-def _foreground(height: int, width: int, start: np.ndarray, order: np.ndarray, need: np.ndarray,
+def _foreground(height: int, width: int, head: np.ndarray, link: np.ndarray, need: np.ndarray,
                 t_min: int, gt: np.ndarray, tables: np.ndarray, parent: np.ndarray,
                 node: np.ndarray, act: np.ndarray, act_iou: np.ndarray, stale: np.ndarray,
-                level_best: np.ndarray, record: bool, rec: np.ndarray, n_rec: int
-                ) -> tuple[np.ndarray, int]:
+                level_best: np.ndarray, has_holes: np.ndarray, record: bool, rec: np.ndarray,
+                n_rec: int) -> tuple[np.ndarray, int]:
   """Outer boxes: 8-connected components of ``U > T`` for T decreasing from 255 to t_min.
 
   Writes ``level_best[T + 1]`` (best IoU of the outer boxes, or of ``[0, 0, 0, 0]`` when the
-  foreground is empty) at every needed level; with ``record`` appends the boxes to ``rec``.
+  foreground is empty) and ``has_holes[T + 1]`` (from the Euler number) at every needed level;
+  with ``record`` appends the boxes to ``rec``.
   """
   wp = width + 2
   n_pad = (height + 2) * wp
@@ -356,6 +374,8 @@ def _foreground(height: int, width: int, start: np.ndarray, order: np.ndarray, n
   for j in range(8):
     ring[j] = _RING_DY[j] * wp + _RING_DX[j]
   table8 = tables[0]
+  euler = tables[2, :, 0]
+  euler4 = 0  # 4x the Euler number of the foreground
   # Per pattern: the number of neighbours to union with and their (wrapped uint64) offsets.
   count = np.empty(256, np.int64)
   offs = np.empty((256, 4), np.uint64)
@@ -375,12 +395,15 @@ def _foreground(height: int, width: int, start: np.ndarray, order: np.ndarray, n
       rec = _append(rec, n_rec, 255, 0, 0, 0, 0)
       n_rec += 1
   for v in range(255, t_min, -1):
-    for i in range(start[v], start[v + 1]):
-      yx = order[i]
+    yx = head[v]
+    changed |= yx >= 0
+    while yx >= 0:
       y = yx >> 16
       x = yx & 0xffff
       p = np.uint64(y) * uwp + np.uint64(x)
+      yx = link[p]
       m = _ring_mask_u(parent, p, uwp)
+      euler4 += euler[m]
       n_reps = count[m]
       if n_reps == 0:  # a new component
         q = np.int64(p)
@@ -404,7 +427,6 @@ def _foreground(height: int, width: int, start: np.ndarray, order: np.ndarray, n
         if _grow(node, r, node[s, _X0], node[s, _Y0], node[s, _X1], node[s, _Y1]):
           n_stale = _mark_stale(node, stale, n_stale, np.int64(r))
         n_act = _deactivate(node, act, act_iou, n_act, np.int64(s))
-    changed |= start[v + 1] > start[v]
     level = v - 1  # the foreground is now U >= v, i.e. U > v - 1
     if not need[level + 1]:
       continue
@@ -416,6 +438,7 @@ def _foreground(height: int, width: int, start: np.ndarray, order: np.ndarray, n
         best = _box_iou(0, 0, 0, 0, gt)
       changed = False
     level_best[level + 1] = best
+    has_holes[level + 1] = 4 * n_act > euler4  # holes = components - Euler number
     if record:
       rec, n_rec = _record_level(rec, n_rec, level, node, act, n_act, False, width, height)
       if n_act == 0:
@@ -593,7 +616,7 @@ def _holes(height: int, width: int, up: np.ndarray, esc: np.ndarray, holes: np.n
 
 
 @numba.njit(cache=True, nogil=True)
-def _sweep_map(height: int, width: int, up: np.ndarray, hist: np.ndarray, t: np.ndarray,
+def _sweep_map(height: int, width: int, up: np.ndarray, head: np.ndarray, t: np.ndarray,
                gt: np.ndarray, out: np.ndarray, ws: np.ndarray, node: np.ndarray,
                act_iou: np.ndarray, esc: np.ndarray, flags: np.ndarray, tables: np.ndarray,
                record: bool, rec: np.ndarray) -> tuple[np.ndarray, int]:
@@ -601,8 +624,8 @@ def _sweep_map(height: int, width: int, up: np.ndarray, hist: np.ndarray, t: np.
 
   Args:
     height, width: map size (H, W).
-    up: ((H+2)(W+2),) uint8 padded U (see ``_quantize`` / ``_pad``).
-    hist: (256,) int64 histogram of U.
+    up: ((H+2)(W+2),) uint8 padded U and head: (256,) int32 heads of the per-value pixel
+      lists (see ``_quantize`` / ``_pad``; the links are ``ws[6]``).
     t: (K,) int64 integer thresholds, clipped to [-1, 255]; foreground is ``U > t``.
     gt: (G, 4) int64 GT boxes, rows with x0 < 0 are padding (at least one valid row).
     out: (K,) float64 output: best IoU per threshold.
@@ -621,26 +644,31 @@ def _sweep_map(height: int, width: int, up: np.ndarray, hist: np.ndarray, t: np.
     t_min = min(t_min, t[k])
     t_max = max(t_max, t[k])
   parent, act, stale, order, scratch = ws[0], ws[1], ws[2], ws[3], ws[4]
-  start = _sort_pixels(height, width, up, hist, order, t_min + 1)
   fg_best = np.full(_NUM_LEVELS, -1.0)
-  rec, n_rec = _foreground(height, width, start, order, need, t_min, gt, tables, parent, node,
-                           act, act_iou, stale, fg_best, record, rec, 0)
+  has_holes = np.zeros(_NUM_LEVELS, np.bool_)
+  rec, n_rec = _foreground(height, width, head, ws[6], need, t_min, gt, tables, parent, node,
+                           act, act_iou, stale, fg_best, has_holes, record, rec, 0)
   hole_best = np.full(_NUM_LEVELS, -1.0)
-  if t_max >= 0 and height > 2 and width > 2:  # holes need an interior
-    n_holes = _escape_levels(height, width, up, esc, order, flags, scratch, need)
-    rec, n_rec = _holes(height, width, up, esc, scratch, n_holes, need, t_max, gt, parent, node,
-                        act, act_iou, stale, order, ws[5], tables, hole_best, record, rec,
-                        n_rec)
+  # Only the needed levels with holes matter (none: no hole work at all).
+  t_max_holes = -1
+  for level in range(-1, 256):
+    if has_holes[level + 1]:
+      t_max_holes = level
+  if t_max_holes >= 0:
+    n_holes = _escape_levels(height, width, up, esc, order, flags, scratch, has_holes)
+    rec, n_rec = _holes(height, width, up, esc, scratch, n_holes, has_holes, t_max_holes, gt,
+                        parent, node, act, act_iou, stale, order, ws[5], tables, hole_best,
+                        record, rec, n_rec)
   for k in range(t.shape[0]):
     out[k] = max(fg_best[t[k] + 1], hole_best[t[k] + 1])
   return rec, n_rec
 
 
 def _workspace(height: int, width: int) -> tuple[np.ndarray, ...]:
-  """ws (6, n) int32, node (n, 8) int32, act_iou (n,) float64, esc and flags (n,) uint8,
+  """ws (7, n) int32, node (n, 8) int32, act_iou (n,) float64, esc and flags (n,) uint8,
   tables."""
   n_pad = (height + 2) * (width + 2)
-  return (np.empty((6, n_pad), np.int32), np.empty((n_pad, _NODE_FIELDS), np.int32),
+  return (np.empty((7, n_pad), np.int32), np.empty((n_pad, _NODE_FIELDS), np.int32),
           np.empty(n_pad, np.float64), np.empty(n_pad, np.uint8), np.empty(n_pad, np.uint8),
           _TABLES)
 
@@ -665,23 +693,24 @@ def _evaluate_batch(maps: np.ndarray, taus: np.ndarray, gt: np.ndarray, out: np.
   """
   height, width = maps.shape[1], maps.shape[2]
   n_pad = (height + 2) * (width + 2)
-  ws = np.empty((6, n_pad), np.int32)
+  ws = np.empty((7, n_pad), np.int32)
   node = np.empty((n_pad, _NODE_FIELDS), np.int32)
   act_iou = np.empty(n_pad, np.float64)
   esc = np.empty(n_pad, np.uint8)
   flags = np.empty(n_pad, np.uint8)
   up = np.empty(n_pad, np.uint8)
   hist = np.empty(256, np.int64)
+  head = np.empty(256, np.int32)
   t = np.empty(taus.shape[0], np.int64)
   rec = np.empty((0, 5), np.int64)
   for b in range(maps.shape[0]):
-    u_max, lo, hi, nan = _quantize(maps[b], up, hist)
+    u_max, lo, hi, nan = _quantize(maps[b], up, hist, head, ws[6])
     stats[b, 0] = lo
     stats[b, 1] = hi
     stats[b, 2] = 1.0 if nan else 0.0
     for k in range(taus.shape[0]):
       t[k] = _int_threshold(taus[k], u_max)
-    _sweep_map(height, width, up, hist, t, gt[b], out[b], ws, node, act_iou, esc, flags,
+    _sweep_map(height, width, up, head, t, gt[b], out[b], ws, node, act_iou, esc, flags,
                tables, False, rec)
 
 
@@ -691,17 +720,18 @@ def _sweep_batch(u: np.ndarray, t: np.ndarray, gt: np.ndarray, out: np.ndarray,
   """Evaluates uint8 maps u (B, H, W) at integer thresholds t (B, K) -> out (B, K)."""
   height, width = u.shape[1], u.shape[2]
   n_pad = (height + 2) * (width + 2)
-  ws = np.empty((6, n_pad), np.int32)
+  ws = np.empty((7, n_pad), np.int32)
   node = np.empty((n_pad, _NODE_FIELDS), np.int32)
   act_iou = np.empty(n_pad, np.float64)
   esc = np.empty(n_pad, np.uint8)
   flags = np.empty(n_pad, np.uint8)
   up = np.empty(n_pad, np.uint8)
   hist = np.empty(256, np.int64)
+  head = np.empty(256, np.int32)
   rec = np.empty((0, 5), np.int64)
   for b in range(u.shape[0]):
-    _pad(u[b], up, hist)
-    _sweep_map(height, width, up, hist, t[b], gt[b], out[b], ws, node, act_iou, esc, flags,
+    _pad(u[b], up, hist, head, ws[6])
+    _sweep_map(height, width, up, head, t[b], gt[b], out[b], ws, node, act_iou, esc, flags,
                tables, False, rec)
 
 
@@ -795,8 +825,9 @@ def component_boxes(u: np.ndarray, int_thresholds: Sequence[int] | np.ndarray,
   ws, node, act_iou, esc, flags, tables = _workspace(*u.shape)
   up = np.empty(len(act_iou), np.uint8)
   hist = np.empty(256, np.int64)
-  _pad(u, up, hist)
-  rec, n_rec = _sweep_map(u.shape[0], u.shape[1], up, hist, t, gt, out, ws, node, act_iou, esc,
+  head = np.empty(256, np.int32)
+  _pad(u, up, hist, head, ws[6])
+  rec, n_rec = _sweep_map(u.shape[0], u.shape[1], up, head, t, gt, out, ws, node, act_iou, esc,
                           flags, tables, True, np.empty((256, 5), np.int64))
   rec = rec[:n_rec]
   above = np.concatenate([[u.size], u.size - np.cumsum(hist)])  # above[T + 1] = #(U > T)
