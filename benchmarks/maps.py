@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from wsol_jax.maps.compute import jitted
 from wsol_jax.models import create_model
@@ -103,5 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  np.set_printoptions(precision=3)
   main()

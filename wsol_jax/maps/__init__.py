@@ -10,9 +10,13 @@ High level (model, variables, NHWC normalised images (B, H, W, 3)) -> ``(maps, l
   passes -> ({kind: (B, h, w)}, logits); ``jitted(model, kinds)`` compiles it.
 
 Raw maps live on the feature grid (h, w); ``to_image_size(raw, (H, W), kind)`` applies the
-official resize + min-max
-(``resize_and_normalize_host``: one map at any size with OpenCV on the host). ``targets=None`` explains the argmax class; gradient maps take
-every image's gradient from ONE backward pass over the batch.
+official resize + min-max (``resize_and_normalize_host``: one map at any size, with OpenCV on
+the host). ``targets=None`` explains the argmax class; gradient maps take every image's
+gradient from ONE backward pass over the batch.
+
+Note: the package attributes ``rollout``, ``agcam``, ``cam`` and ``compute`` are the
+functions; import other names from the submodules (``from wsol_jax.maps.rollout import
+rollout_class_row``).
 
 Array level: ``tscam_maps``/``scm_maps`` take the class-token attention rows (L, B, H, N)
 and the conv head's semantic maps (B, h, w, C) and return (B, C, h, w) maps for every
