@@ -385,14 +385,15 @@ def _foreground(height: int, width: int, head: np.ndarray, link: np.ndarray, nee
       offs[m, j] = ring[table8[m, j + 1]] if j < count[m] else 0
   uwp = np.uint64(wp)
   parent[:n_pad] = -1
-  n_act = 0
-  n_stale = 0
+  n_act = np.int64(0)  # np.int64(): no literal types, so one compilation per callee
+  n_stale = np.int64(0)
   best = -1.0
   changed = True
   if need[256]:  # T = 255: empty foreground
-    level_best[256] = _box_iou(0, 0, 0, 0, gt)
+    level_best[256] = _box_iou(np.int64(0), np.int64(0), np.int64(0), np.int64(0), gt)
     if record:
-      rec = _append(rec, n_rec, 255, 0, 0, 0, 0)
+      zero = np.int64(0)
+      rec = _append(rec, n_rec, np.int64(255), zero, zero, zero, zero)
       n_rec += 1
   for v in range(255, t_min, -1):
     yx = head[v]
@@ -431,18 +432,19 @@ def _foreground(height: int, width: int, head: np.ndarray, link: np.ndarray, nee
     if not need[level + 1]:
       continue
     if changed:
-      best = _level_best(node, parent, act, act_iou, n_act, stale, n_stale, gt, False, width,
+      best = _level_best(node, parent, act, act_iou, n_act, stale, n_stale, gt, np.bool_(False), width,
                          height)
-      n_stale = 0
+      n_stale = np.int64(0)
       if n_act == 0:
-        best = _box_iou(0, 0, 0, 0, gt)
+        best = _box_iou(np.int64(0), np.int64(0), np.int64(0), np.int64(0), gt)
       changed = False
     level_best[level + 1] = best
     has_holes[level + 1] = 4 * n_act > euler4  # holes = components - Euler number
     if record:
-      rec, n_rec = _record_level(rec, n_rec, level, node, act, n_act, False, width, height)
+      rec, n_rec = _record_level(rec, n_rec, level, node, act, n_act, np.bool_(False), width, height)
       if n_act == 0:
-        rec = _append(rec, n_rec, level, 0, 0, 0, 0)
+        zero = np.int64(0)
+        rec = _append(rec, n_rec, level, zero, zero, zero, zero)
         n_rec += 1
   return rec, n_rec
 
@@ -559,8 +561,8 @@ def _holes(height: int, width: int, up: np.ndarray, esc: np.ndarray, holes: np.n
     fill[v] += 1
   exit_head = np.full(256, -1, np.int32)  # roots by the level at which they leave
   parent[:n_pad] = -1
-  n_act = 0
-  n_stale = 0
+  n_act = np.int64(0)  # np.int64(): no literal types, so one compilation per callee
+  n_stale = np.int64(0)
   best = -1.0
   changed = True
   for level in range(t_max + 1):
@@ -605,13 +607,13 @@ def _holes(height: int, width: int, up: np.ndarray, esc: np.ndarray, holes: np.n
     if not need[level + 1]:
       continue
     if changed:
-      best = _level_best(node, parent, act, act_iou, n_act, stale, n_stale, gt, True, width,
+      best = _level_best(node, parent, act, act_iou, n_act, stale, n_stale, gt, np.bool_(True), width,
                          height)
-      n_stale = 0
+      n_stale = np.int64(0)
       changed = False
     level_best[level + 1] = best
     if record:
-      rec, n_rec = _record_level(rec, n_rec, level, node, act, n_act, True, width, height)
+      rec, n_rec = _record_level(rec, n_rec, level, node, act, n_act, np.bool_(True), width, height)
   return rec, n_rec
 
 
@@ -638,7 +640,7 @@ def _sweep_map(height: int, width: int, up: np.ndarray, head: np.ndarray, t: np.
     The (possibly reallocated) record buffer and its number of rows.
   """
   need = np.zeros(_NUM_LEVELS, np.bool_)  # the levels T asked for, at T + 1
-  t_min, t_max = 255, -1
+  t_min, t_max = np.int64(255), np.int64(-1)
   for k in range(t.shape[0]):
     need[t[k] + 1] = True
     t_min = min(t_min, t[k])
@@ -647,10 +649,10 @@ def _sweep_map(height: int, width: int, up: np.ndarray, head: np.ndarray, t: np.
   fg_best = np.full(_NUM_LEVELS, -1.0)
   has_holes = np.zeros(_NUM_LEVELS, np.bool_)
   rec, n_rec = _foreground(height, width, head, ws[6], need, t_min, gt, tables, parent, node,
-                           act, act_iou, stale, fg_best, has_holes, record, rec, 0)
+                           act, act_iou, stale, fg_best, has_holes, record, rec, np.int64(0))
   hole_best = np.full(_NUM_LEVELS, -1.0)
   # Only the needed levels with holes matter (none: no hole work at all).
-  t_max_holes = -1
+  t_max_holes = np.int64(-1)
   for level in range(-1, 256):
     if has_holes[level + 1]:
       t_max_holes = level
@@ -703,6 +705,7 @@ def _evaluate_batch(maps: np.ndarray, taus: np.ndarray, gt: np.ndarray, out: np.
   head = np.empty(256, np.int32)
   t = np.empty(taus.shape[0], np.int64)
   rec = np.empty((0, 5), np.int64)
+  record = maps.shape[0] < 0  # False, but not a literal: shares _sweep_map's compilation
   for b in range(maps.shape[0]):
     u_max, lo, hi, nan = _quantize(maps[b], up, hist, head, ws[6])
     stats[b, 0] = lo
@@ -711,7 +714,7 @@ def _evaluate_batch(maps: np.ndarray, taus: np.ndarray, gt: np.ndarray, out: np.
     for k in range(taus.shape[0]):
       t[k] = _int_threshold(taus[k], u_max)
     _sweep_map(height, width, up, head, t, gt[b], out[b], ws, node, act_iou, esc, flags,
-               tables, False, rec)
+               tables, record, rec)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -729,10 +732,11 @@ def _sweep_batch(u: np.ndarray, t: np.ndarray, gt: np.ndarray, out: np.ndarray,
   hist = np.empty(256, np.int64)
   head = np.empty(256, np.int32)
   rec = np.empty((0, 5), np.int64)
+  record = u.shape[0] < 0  # False, but not a literal: shares _sweep_map's compilation
   for b in range(u.shape[0]):
     _pad(u[b], up, hist, head, ws[6])
     _sweep_map(height, width, up, head, t[b], gt[b], out[b], ws, node, act_iou, esc, flags,
-               tables, False, rec)
+               tables, record, rec)
 
 
 def _clip_thresholds(int_thresholds: Sequence[int] | np.ndarray) -> np.ndarray:
