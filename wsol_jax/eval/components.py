@@ -1,4 +1,4 @@
-"""Exact wsolevaluation V2 boxes without contour tracing: one union-find sweep per map.
+"""Exact wsolevaluation V2 boxes without contour tracing: connected components, one sweep.
 
 ``cv2.findContours(U > T, RETR_TREE, ...)`` follows Suzuki–Abe with 8-connected foreground and
 4-connected background on the image padded with 0, so its contours are in 1:1 correspondence
@@ -12,19 +12,34 @@ with
   hole's bounding box grown by one pixel on every side, V2 box ``[hx0-1, hy0-1,
   min(hx1+2, W-1), min(hy1+2, H-1)]``.
 
-This was checked against OpenCV 5.0 on every binary mask of up to 16 pixels (4x4, 2x8, 3x5,
-...) and on 230k random masks (noise, checkerboards, nested rings, diagonal lines, dense maps
-with 1-pixel holes, non-square, border-touching), without an exception.
+Checked against OpenCV 5.0 on every binary mask of shape 4x4, 2x8, 8x2, 3x5, 5x3, 3x4, 4x3,
+1x12 and 12x1 and on 230k random masks (noise, checkerboards, nested rings with islands and
+1-pixel rings, diagonal lines, dense maps with 1-pixel holes, non-square, border-touching)
+with ~1M contours: no exception (``tests/test_eval_components.py`` keeps a share of it).
 
-The masks ``U > T`` are nested, so a single sweep gives the components at every threshold:
-foreground pixels are added in decreasing ``U`` (8-neighbour unions; a component's box is kept
-at its root) and background pixels in increasing ``U`` (4-neighbour unions; the zero padding
-is one pre-built "outside" component, so a background component touching the border merges
-into it and stops being a hole). At every threshold level the best IoU over the current boxes
-and the GT boxes is read off a per-root IoU cache (recomputed only for roots whose box
-changed). The IoU is the official ``inter / (area_a + area_b - inter)`` in float64 (0 on a
-non-positive denominator), so the per-threshold best IoUs are bit-identical to the official
-loop; only the order of boxes within a threshold differs from OpenCV's.
+The masks ``U > T`` are nested, so one pass per map serves every threshold:
+
+* quantisation (``uint8(255·S)`` in float64, as the official code) also buckets the pixels
+  by value into linked lists;
+* outer boxes: a union-find sweep adds the foreground pixels in decreasing U (8-neighbour
+  unions; one union per run of in-set neighbours of the ring, from a lookup table; a box per
+  root). It also tracks the Euler number (a 256-entry table of the neighbourhood pattern),
+  which gives the number of holes at every level;
+* hole boxes, only if some needed level has a hole: ``esc`` = grey-level hole filling of U (the
+  lowest T at which a pixel's background reaches the border; Vincent's hybrid reconstruction).
+  A pixel is in a hole at T iff ``U <= T < esc``; a union-find over just those pixels, in
+  increasing U (4-neighbour unions), gives the holes, and a hole leaves whole at ``T = esc``.
+
+At every needed level the best IoU over the current boxes and the GT boxes is read off a
+per-root IoU cache (recomputed only for roots whose box changed). The IoU is the official
+``inter / (area_a + area_b - inter)`` in float64 (0 on a non-positive denominator), so the
+per-threshold best IoUs are bit-identical to the official loop; only the order of boxes within
+a threshold differs from OpenCV's. V1 (the largest ``cv2.contourArea``) is not available here:
+the polygon area of a traced contour has no exact component-level equivalent.
+
+The kernels are ``numba.njit(cache=True)``: the first use compiles them (tens of seconds) and
+stores the machine code next to this file (or in ``NUMBA_CACHE_DIR``); later processes load it
+in about a second.
 """
 from __future__ import annotations
 
@@ -37,7 +52,6 @@ _NO_CONTOUR = (0, 0, 0, 0)
 # The 8-neighbourhood as a ring (dy, dx): consecutive entries are 4-adjacent to each other.
 _RING_DY = (-1, -1, -1, 0, 1, 1, 1, 0)
 _RING_DX = (-1, 0, 1, 1, 1, 0, -1, -1)
-_OUTSIDE_SIZE = 1 << 30  # size of the padding component: it always wins union by size
 _NUM_LEVELS = 257  # thresholds T in [-1, 255] at index T + 1
 
 
@@ -46,7 +60,7 @@ def _ring_table(eight: bool) -> np.ndarray:
 
   Neighbours that are in the set and adjacent to each other are already in one component
   (every in-set adjacent pair was united when the later pixel was added), so one neighbour per
-  run of the ring suffices. With 4-connectivity only the orthogonal neighbours are unions
+  run of the ring suffices. With 4-connectivity only the orthogonal neighbours are union
   candidates, but in-set diagonals still link them (consecutive ring entries are 4-adjacent).
 
   Returns:
@@ -432,8 +446,8 @@ def _foreground(height: int, width: int, head: np.ndarray, link: np.ndarray, nee
     if not need[level + 1]:
       continue
     if changed:
-      best = _level_best(node, parent, act, act_iou, n_act, stale, n_stale, gt, np.bool_(False), width,
-                         height)
+      best = _level_best(node, parent, act, act_iou, n_act, stale, n_stale, gt,
+                         np.bool_(False), width, height)
       n_stale = np.int64(0)
       if n_act == 0:
         best = _box_iou(np.int64(0), np.int64(0), np.int64(0), np.int64(0), gt)
@@ -441,7 +455,8 @@ def _foreground(height: int, width: int, head: np.ndarray, link: np.ndarray, nee
     level_best[level + 1] = best
     has_holes[level + 1] = 4 * n_act > euler4  # holes = components - Euler number
     if record:
-      rec, n_rec = _record_level(rec, n_rec, level, node, act, n_act, np.bool_(False), width, height)
+      rec, n_rec = _record_level(rec, n_rec, level, node, act, n_act, np.bool_(False), width,
+                                 height)
       if n_act == 0:
         zero = np.int64(0)
         rec = _append(rec, n_rec, level, zero, zero, zero, zero)
@@ -463,8 +478,8 @@ def _escape_levels(height: int, width: int, up: np.ndarray, esc: np.ndarray, sta
 
   Returns:
     The number n of pixels in a hole at some needed level T (U <= T < esc), listed in
-    ``holes[:n]`` as padded coordinates ``y << 16 | x``. The other pixels are never in a hole at a needed level, so
-    they never connect hole pixels there.
+    ``holes[:n]`` as padded coordinates ``y << 16 | x``. The other pixels are never in a hole
+    at a needed level, so they never connect hole pixels there.
   """
   wp = width + 2
   n_pad = (height + 2) * wp
@@ -534,11 +549,12 @@ def _holes(height: int, width: int, up: np.ndarray, esc: np.ndarray, holes: np.n
            node: np.ndarray, act: np.ndarray, act_iou: np.ndarray, stale: np.ndarray,
            order: np.ndarray, nxt: np.ndarray, tables: np.ndarray, level_best: np.ndarray,
            record: bool, rec: np.ndarray, n_rec: int) -> tuple[np.ndarray, int]:
-  """Hole boxes: 4-connected components of the hole-capable pixels with U <= T < esc.
+  """Hole boxes: 4-connected components of the pixels with U <= T < esc.
 
   A background component is a hole at T iff its pixels have esc > T (esc is constant on a
   background component), so the holes at T are the components of those pixels, and a hole
-  component leaves, whole, at T = esc. Writes ``level_best[T + 1]`` (-1 when there is no hole)
+  component leaves, whole, at T = esc. ``holes[:n_holes]`` are the pixels that matter
+  (``_escape_levels``). Writes ``level_best[T + 1]`` (-1 when there is no hole)
   at every needed level; with ``record`` appends the boxes to ``rec``.
   """
   wp = width + 2
@@ -607,13 +623,14 @@ def _holes(height: int, width: int, up: np.ndarray, esc: np.ndarray, holes: np.n
     if not need[level + 1]:
       continue
     if changed:
-      best = _level_best(node, parent, act, act_iou, n_act, stale, n_stale, gt, np.bool_(True), width,
-                         height)
+      best = _level_best(node, parent, act, act_iou, n_act, stale, n_stale, gt,
+                         np.bool_(True), width, height)
       n_stale = np.int64(0)
       changed = False
     level_best[level + 1] = best
     if record:
-      rec, n_rec = _record_level(rec, n_rec, level, node, act, n_act, np.bool_(True), width, height)
+      rec, n_rec = _record_level(rec, n_rec, level, node, act, n_act, np.bool_(True), width,
+                                 height)
   return rec, n_rec
 
 
