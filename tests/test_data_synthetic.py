@@ -94,7 +94,7 @@ def test_params_validation_and_config_names():
     synthetic.SyntheticParams.from_kwargs(num_clases=3)
   with pytest.raises(ValueError, match="num_classes"):
     synthetic.SyntheticParams.from_kwargs(num_classes=11)
-  a = synthetic.SyntheticParams.from_kwargs(object_scale=[0.3, 0.65])
+  a = synthetic.SyntheticParams.from_kwargs(object_scale=[0.35, 0.7])
   assert a.config_name == synthetic.SyntheticParams().config_name  # lists hash like tuples
   assert synthetic.SyntheticParams.from_kwargs(clutter=2.0).config_name != a.config_name
   assert synthetic.SyntheticParams.from_kwargs(num_classes=4).config_name.startswith("k4_")
@@ -141,6 +141,12 @@ def test_read_through_tfds_data_source_like_cub(data_dir):
     assert set(np.unique(r["mask"])) <= {0, 1}
     np.testing.assert_array_equal(r["boxes"], [_tight_box(r["mask"])])
     assert r["image_id"].split("/")[0] == src.class_names[int(r["label"])]
+
+
+def test_config_defaults_are_the_dataset_defaults():
+  cfg = config_lib.default_data_config()
+  params = synthetic.SyntheticParams.from_kwargs(**config_lib.synthetic_params(cfg))
+  assert params == synthetic.SyntheticParams()
 
 
 def test_make_source_generates_or_explains(tmp_path):

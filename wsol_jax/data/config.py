@@ -77,7 +77,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       dataset="CUB", metadata_dir="", image_root="", mask_root="", num_classes=0))
   render = synthetic_render.RenderParams()
   cfg.synthetic = ml_collections.ConfigDict(dict(
-      generate=True, num_train=3000, num_val=300, num_test=600, seed=0,
+      generate=True, num_train=8000, num_val=300, num_test=600, seed=0,
       **dataclasses.asdict(render)))
   return cfg
 

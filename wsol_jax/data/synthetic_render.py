@@ -102,11 +102,11 @@ class RenderParams:
   num_classes: int = 6
   min_size: int = 96
   max_size: int = 160
-  object_scale: tuple[float, float] = (0.3, 0.65)
-  aspect: tuple[float, float] = (0.7, 1.45)
-  rotation: float = 180.0
-  texture_prob: float = 0.8
-  clutter: float = 1.0
+  object_scale: tuple[float, float] = (0.35, 0.7)
+  aspect: tuple[float, float] = (0.8, 1.25)
+  rotation: float = 30.0
+  texture_prob: float = 0.25
+  clutter: float = 0.5
   noise_std: float = 2.0
   min_contrast: float = 90.0
 
