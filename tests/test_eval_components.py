@@ -337,3 +337,5 @@ def test_method_selection_and_errors():
     acc.update(np.zeros((2, 4, 4)), np.array([[[0, -2, 1, 1]], gt_none]))
   with pytest.raises(ValueError, match="no ground-truth"):
     box_accuracy.best_iou_per_threshold(np.zeros((4, 4)), gt_none, [0.5], multi_contour=True)
+  with pytest.raises(ValueError, match="too large"):
+    components.best_ious(np.zeros((1, 70000), np.uint8), [0], np.array([[0, 0, 0, 0]]))

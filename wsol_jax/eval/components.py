@@ -760,6 +760,13 @@ def _clip_thresholds(int_thresholds: Sequence[int] | np.ndarray) -> np.ndarray:
   return np.clip(np.asarray(int_thresholds, dtype=np.int64), -1, 255)
 
 
+def check_size(height: int, width: int) -> None:
+  """Raises ValueError for maps beyond the packed coordinates (H < 32765, W < 65533)."""
+  if height + 2 >= 1 << 15 or width + 2 >= 1 << 16:
+    raise ValueError(f"map {height}x{width} is too large for the component path; use "
+                     "method='contours'")
+
+
 def evaluate_maps(scoremaps: np.ndarray, thresholds: Sequence[float] | np.ndarray,
                   gt_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Best V2 IoU per map and threshold, straight from float64 score maps.
@@ -776,6 +783,7 @@ def evaluate_maps(scoremaps: np.ndarray, thresholds: Sequence[float] | np.ndarra
     (B, K) float64 best IoUs and (B, 3) float64 stats (min, max, has NaN) of every map.
   """
   maps = np.ascontiguousarray(scoremaps, dtype=np.float64)
+  check_size(*maps.shape[1:])
   taus = np.ascontiguousarray(thresholds, dtype=np.float64).reshape(-1)
   gt = np.ascontiguousarray(gt_boxes, dtype=np.int64)
   out = np.empty((len(maps), len(taus)), np.float64)
@@ -816,6 +824,7 @@ def best_ious_batch(u: np.ndarray, int_thresholds: np.ndarray, gt_boxes: np.ndar
     (B, K) float64 best IoUs, bit-identical to the official accumulate loop.
   """
   u = np.ascontiguousarray(u, dtype=np.uint8)
+  check_size(*u.shape[1:])
   t = np.ascontiguousarray(_clip_thresholds(int_thresholds))
   gt = np.ascontiguousarray(gt_boxes, dtype=np.int64)
   out = np.empty(t.shape, np.float64)
@@ -839,6 +848,7 @@ def component_boxes(u: np.ndarray, int_thresholds: Sequence[int] | np.ndarray,
   """
   from wsol_jax.eval import boxes as boxes_lib  # pylint: disable=import-outside-toplevel
   u = np.ascontiguousarray(u, dtype=np.uint8)
+  check_size(*u.shape)
   t = _clip_thresholds(int_thresholds)
   gt = (np.asarray([[0, 0, 0, 0]], np.int64) if gt_boxes is None
         else np.ascontiguousarray(np.asarray(gt_boxes, np.int64).reshape(-1, 4)))
