@@ -205,10 +205,11 @@ def _draw_clutter(rng: np.random.Generator, canvas: Image.Image, clutter: float)
 
 def _texture(rng: np.random.Generator, h: int, w: int, c1: np.ndarray,
              c2: np.ndarray, texture_prob: float) -> np.ndarray:
-  """Class-independent fill pattern, (H, W, 3) float32."""
+  """Class-independent fill pattern, (H, W, 3) uint8 (c1, c2: integer-valued colours)."""
   kind = int(rng.integers(1, 5)) if rng.random() < texture_prob else 0
+  u1, u2 = c1.astype(np.uint8), c2.astype(np.uint8)
   if kind == 0:  # solid
-    return np.broadcast_to(c1, (h, w, 3)).astype(np.float32)
+    return np.broadcast_to(u1, (h, w, 3))
   yy = np.arange(h, dtype=np.float32)[:, None]
   xx = np.arange(w, dtype=np.float32)[None, :]
   if kind == 1:  # stripes
@@ -224,8 +225,8 @@ def _texture(rng: np.random.Generator, h: int, w: int, c1: np.ndarray,
     a = rng.uniform(0, 2 * math.pi)
     t = xx * math.cos(a) + yy * math.sin(a)
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-    return (c1 + t[..., None] * (c2 - c1)).astype(np.float32)
-  return np.where(sel[..., None], c2, c1).astype(np.float32)
+    return np.clip(np.rint(c1 + t[..., None] * (c2 - c1)), 0, 255).astype(np.uint8)
+  return np.where(sel[..., None], u2, u1)
 
 
 def _place_object(rng: np.random.Generator, shape: str, h: int, w: int,
@@ -250,10 +251,12 @@ def _place_object(rng: np.random.Generator, shape: str, h: int, w: int,
 
 
 @functools.lru_cache(maxsize=4)
-def _noise_bank(max_size: int, std: float) -> np.ndarray:
-  """Fixed Gaussian noise field, int16 (2*max_size, 2*max_size, 3); crops of it are the pixel noise."""
-  bank = np.random.default_rng(20240601).standard_normal((2 * max_size, 2 * max_size, 3))
-  return np.rint(std * bank).astype(np.int16)
+def _noise_bank(max_size: int, std: float) -> tuple[np.ndarray, np.ndarray]:
+  """Fixed Gaussian noise field (2*max_size, 2*max_size, 3); crops of it are the pixel noise."""
+  bank = np.rint(std * np.random.default_rng(20240601).standard_normal(
+      (2 * max_size, 2 * max_size, 3)))
+  # Positive and negative parts as uint8, for cv2's saturating add/subtract.
+  return np.clip(bank, 0, 255).astype(np.uint8), np.clip(-bank, 0, 255).astype(np.uint8)
 
 
 @dataclasses.dataclass
@@ -291,12 +294,12 @@ def render_example(rng: np.random.Generator, params: RenderParams) -> Example:
   x0, x1 = int(np.argmax(cols)), int(w - np.argmax(cols[::-1]))
   tex = _texture(rng, y1 - y0, x1 - x0, c1, c2, params.texture_prob)
   sub = mask[y0:y1, x0:x1]
-  image[y0:y1, x0:x1][sub] = np.clip(np.rint(tex[sub]), 0, 255).astype(np.uint8)
+  image[y0:y1, x0:x1][sub] = tex[sub]
   if params.noise_std > 0:
-    bank = _noise_bank(params.max_size, float(params.noise_std))
-    oy = int(rng.integers(0, bank.shape[0] - h + 1))
-    ox = int(rng.integers(0, bank.shape[1] - w + 1))
-    image = np.clip(image + bank[oy:oy + h, ox:ox + w], 0, 255).astype(np.uint8)
+    pos, neg = _noise_bank(params.max_size, float(params.noise_std))
+    oy = int(rng.integers(0, pos.shape[0] - h + 1))
+    ox = int(rng.integers(0, pos.shape[1] - w + 1))
+    image = cv2.subtract(cv2.add(image, pos[oy:oy + h, ox:ox + w]), neg[oy:oy + h, ox:ox + w])
   box = np.array([x0, y0, x1, y1], np.int64)
   return Example(image=image, mask=mask, box=box, label=label)
 
