@@ -265,18 +265,26 @@ def stencil_scale(m: Stencil, factor: float) -> Stencil:
   return Stencil(*(factor * a for a in m))
 
 
+def _neighbours(g: jax.Array) -> tuple[jax.Array, ...]:
+  """(B, h, w, K) -> the values at each cell, its right, left, lower and upper neighbour
+  (zeros outside the grid)."""
+  e = jnp.pad(g, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return g, e[:, 1:-1, 2:], e[:, 1:-1, :-2], e[:, 2:, 1:-1], e[:, :-2, 1:-1]
+
+
+def _coefficients(m: Stencil) -> tuple[jax.Array, ...]:
+  """The five (B, h, w) coefficient planes matching ``_neighbours``."""
+  pad = functools.partial(jnp.pad, mode="constant")
+  return (m.center, pad(m.right, ((0, 0), (0, 0), (0, 1))), pad(m.right, ((0, 0), (0, 0), (1, 0))),
+          pad(m.down, ((0, 0), (0, 1), (0, 0))), pad(m.down, ((0, 0), (1, 0), (0, 0))))
+
+
 def stencil_apply(m: Stencil, x: jax.Array) -> jax.Array:
   """M @ x for a stencil matrix: (B, N, K) -> (B, N, K) in O(N·K)."""
   b, n, k = x.shape
   h, w = m.center.shape[-2:]
-  g = x.reshape(b, h, w, k)
-  r, d = m.right[..., None], m.down[..., None]
-  pad_w = ((0, 0), (0, 0), (0, 1), (0, 0))
-  pad_h = ((0, 0), (0, 1), (0, 0), (0, 0))
-  out = (m.center[..., None] * g
-         + jnp.pad(r * g[:, :, 1:], pad_w) + jnp.pad(r * g[:, :, :-1], pad_w[:2] + ((1, 0), (0, 0)))
-         + jnp.pad(d * g[:, 1:], pad_h) + jnp.pad(d * g[:, :-1], ((0, 0), (1, 0), (0, 0), (0, 0))))
-  return out.reshape(b, n, k)
+  terms = zip(_coefficients(m), _neighbours(x.reshape(b, h, w, k)))
+  return sum(c[..., None] * v for c, v in terms).reshape(b, n, k)
 
 
 def stencil_dense(m: Stencil) -> jax.Array:
@@ -293,13 +301,9 @@ def _coeff_grad(x: jax.Array, ct: jax.Array, like: Stencil) -> Stencil:
   """
   b, _, k = x.shape
   h, w = like.center.shape[-2:]
-  x, ct = x.reshape(b, h, w, k), ct.reshape(b, h, w, k)
-
-  def dot(a, c):
-    return jnp.sum(a * c, axis=-1)
-  return Stencil(dot(ct, x),
-                 dot(ct[:, :, :-1], x[:, :, 1:]) + dot(ct[:, :, 1:], x[:, :, :-1]),
-                 dot(ct[:, :-1], x[:, 1:]) + dot(ct[:, 1:], x[:, :-1]))
+  ct = ct.reshape(b, h, w, k)
+  c, right, left, down, up = (jnp.sum(ct * v, axis=-1) for v in _neighbours(x.reshape(b, h, w, k)))
+  return Stencil(c, right[:, :, :-1] + left[:, :, 1:], down[:, :-1] + up[:, 1:])
 
 
 def _stencil_add(a: Stencil, b: Stencil, sign: float = 1.0) -> Stencil:
@@ -308,22 +312,52 @@ def _stencil_add(a: Stencil, b: Stencil, sign: float = 1.0) -> Stencil:
 
 def _ns_stencil_forward(m: Stencil, iterations: int, alpha: float, precision: Any
                         ) -> tuple[Stencil, jax.Array]:
-  """X₀ = α·Mᵀ (a constant stencil; Mᵀ = M) and the dense iterates X_1..X_K, (K, B, N, N)."""
+  """X₀ = α·Mᵀ (a constant stencil; Mᵀ = M) and the dense iterates X_1..X_{K−1}, (K−1, B, N, N).
+
+  X_K itself is never needed as a matrix: X_Kᵀ v = Y_{K−1}ᵀ X_{K−1}ᵀ v is two products
+  with vectors (``_apply_last``).
+  """
   x0 = jax.tree_util.tree_map(jax.lax.stop_gradient, stencil_scale(m, alpha))
-  eye = jnp.eye(m.center.shape[-1] * m.center.shape[-2], dtype=m.center.dtype)
+  b, h, w = m.center.shape
+  eye = jnp.eye(h * w, dtype=m.center.dtype)
+  if iterations == 1:
+    return x0, jnp.zeros((0, b, h * w, h * w), m.center.dtype)
   x1 = stencil_apply(x0, 2 * eye - stencil_apply(m, stencil_dense(x0)))  # X₀ (2I − M X₀)
 
   def step(x, _):
     x = jnp.matmul(x, 2 * eye - stencil_apply(m, x), precision=precision)
     return x, x
-  _, rest = jax.lax.scan(step, x1, length=iterations - 1)
+  _, rest = jax.lax.scan(step, x1, length=iterations - 2)
   return x0, jnp.concatenate([x1[None], rest], axis=0)
+
+
+def _apply_x(x0: Stencil, xs: jax.Array, k: int, v: jax.Array, transpose: bool,
+             precision: Any) -> jax.Array:
+  """X_k v or X_kᵀ v for v (B, N, r) (X₀ is the symmetric stencil α·M)."""
+  if k == 0:
+    return stencil_apply(x0, v)
+  x = jnp.swapaxes(xs[k - 1], -1, -2) if transpose else xs[k - 1]
+  return jnp.matmul(x, v, precision=precision)
+
+
+def _apply_last(m: Stencil, x0: Stencil, xs: jax.Array, v: jax.Array, transpose: bool,
+                precision: Any) -> jax.Array:
+  """X_K v or X_Kᵀ v with X_K = X_{K−1} Y_{K−1}, Y_{K−1} = 2I − M X_{K−1} (Mᵀ = M)."""
+  k = xs.shape[0]
+  if transpose:  # Y_{K−1}ᵀ (X_{K−1}ᵀ v) = 2a − X_{K−1}ᵀ M a
+    a = _apply_x(x0, xs, k, v, True, precision)
+    return 2 * a - _apply_x(x0, xs, k, stencil_apply(m, a), True, precision)
+  a = _apply_x(x0, xs, k, v, False, precision)  # X_{K−1} (2v − M X_{K−1} v)
+  return _apply_x(x0, xs, k, 2 * v - stencil_apply(m, a), False, precision)
 
 
 def stencil_newton_schulz(m: Stencil, iterations: int, alpha: float, precision: Any = None
                           ) -> jax.Array:
   """``newton_schulz`` of a stencil matrix: X_K, (B, N, N)."""
-  return _ns_stencil_forward(m, iterations, alpha, precision)[1][-1]
+  x0, xs = _ns_stencil_forward(m, iterations, alpha, precision)
+  n = m.center.shape[-1] * m.center.shape[-2]
+  eye = jnp.broadcast_to(jnp.eye(n, dtype=m.center.dtype), (m.center.shape[0], n, n))
+  return _apply_last(m, x0, xs, eye, False, precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -335,7 +369,7 @@ def stencil_diffuse(m: Stencil, f: jax.Array, iterations: int, alpha: float, pre
 
 def _diffuse_fwd(m, f, iterations, alpha, precision):
   x0, xs = _ns_stencil_forward(m, iterations, alpha, precision)
-  f_tilde = jnp.einsum("bqp,bq->bp", xs[-1], f, precision=precision)
+  f_tilde = _apply_last(m, x0, xs, f[..., None], True, precision)[..., 0]
   return f_tilde, (m, f, x0, xs)
 
 
@@ -346,17 +380,13 @@ def _low_rank_steps(m: Stencil, x0: Stencil, xs: jax.Array, u: jax.Array, v: jax
   Returns (k, U, V, M̄): k is the first step not yet done (−1 when all are done).
   """
   n = u.shape[-2]
-  mm = functools.partial(jnp.matmul, precision=precision)
   grad_m = jax.tree_util.tree_map(jnp.zeros_like, m)
-  k = xs.shape[0] - 1
+  k = xs.shape[0]
   while k >= 0 and 2 * u.shape[-1] <= n:
-    if k == 0:  # X₀ is a constant stencil: only the M in Y₀ gets a gradient
-      a, wv = stencil_apply(x0, u), stencil_apply(x0, v)
-    else:
-      x = xs[k - 1]
-      a, wv = mm(jnp.swapaxes(x, -1, -2), u), mm(x, v)      # Xᵀ U, X V
+    a = _apply_x(x0, xs, k, u, True, precision)                # Xᵀ U
+    wv = _apply_x(x0, xs, k, v, False, precision)              # X V
     grad_m = _stencil_add(grad_m, _coeff_grad(wv, a, m), -1.0)  # M̄ −= (Xᵀ U)(X V)ᵀ
-    if k > 0:
+    if k > 0:  # X₀ is constant: step 0 only feeds M̄
       u = jnp.concatenate([u, -stencil_apply(m, a)], axis=-1)
       v = jnp.concatenate([2 * v - stencil_apply(m, wv), v], axis=-1)
     k -= 1
@@ -389,7 +419,7 @@ def _diffuse_bwd(iterations, alpha, precision, res, g):
   """
   del iterations, alpha
   m, f, x0, xs = res
-  grad_f = jnp.einsum("bpq,bq->bp", xs[-1], g, precision=precision)
+  grad_f = _apply_last(m, x0, xs, g[..., None], False, precision)[..., 0]  # X_K g
   k, u, v, grad_m = _low_rank_steps(m, x0, xs, f[..., None], g[..., None], precision)
   if k >= 0:
     dense = jnp.matmul(u, jnp.swapaxes(v, -1, -2), precision=precision)
@@ -483,7 +513,8 @@ class Scm(TsCam):
     super().__init__(config)
 
   def init_fresh(self, rng: jax.Array) -> base.Variables:
-    variables = super().init_fresh(rng)
+    # jit: an eager Flax init dispatches (and compiles) every op separately.
+    variables = jax.jit(super().init_fresh)(rng)
     params = dict(variables["params"])
     params["scm"] = self.scm_config.init_params()
     return {**variables, "params": params}
