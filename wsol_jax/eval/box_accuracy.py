@@ -53,7 +53,7 @@ def resolve_method(multi_contour: bool, method: str | None) -> str:
 
 def check_gt_batch(gt_boxes: np.ndarray) -> None:
   """``iou.valid_gt`` on every image of (B, G, 4) GT boxes; raises the first image's error."""
-  gt = np.asarray(gt_boxes)
+  gt = np.asarray(gt_boxes, dtype=np.int64)  # as valid_gt
   real = gt[..., 0] >= 0
   bad = real & ((gt < 0).any(-1) | (gt[..., 2] < gt[..., 0]) | (gt[..., 3] < gt[..., 1]))
   fail = bad.any(1) | ~real.any(1)
