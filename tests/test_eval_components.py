@@ -62,6 +62,26 @@ def _masks(rng, n):
     yield m.astype(np.uint8)
 
 
+def test_euler_table_counts_the_hole_contours():
+  """Adding pixels in any order, the summed table entries are 4 (#components - #holes)."""
+  table = components._TABLES[2, :, 0]
+  rng = np.random.default_rng(5)
+  for m in _masks(rng, 300):
+    h, w = m.shape
+    inset = np.zeros((h + 2, w + 2), np.int64)
+    euler4 = 0
+    for idx in rng.permutation(h * w):
+      y, x = divmod(int(idx), w)
+      if m[y, x]:
+        pattern = sum(int(inset[1 + y + dy, 1 + x + dx]) << j for j, (dy, dx) in
+                      enumerate(zip(components._RING_DY, components._RING_DX)))
+        euler4 += table[pattern]
+        inset[1 + y, 1 + x] = 1
+    n_contours = len(_cv_rects(m))
+    n_components = cv2.connectedComponents(m, connectivity=8)[0] - 1
+    assert euler4 == 4 * (n_components - (n_contours - n_components))
+
+
 def _component_boxes_of_mask(mask):
   """Unclipped inclusive rectangles as ``components`` sees them, from one threshold."""
   tb = components.component_boxes(mask.astype(np.uint8), [0])
