@@ -151,6 +151,15 @@ def test_val_split_is_the_held_out_set(cub):
   it = pipeline.build_eval_iterator(_cfg(cub), "val", batch_size=8)
   b = next(iter(it))
   assert b["valid"].sum() == 2 and it.num_examples == 2
+  cfg = _cfg(cub)  # CUBV2 images kept in their own folder
+  cfg.metadata.val_image_root = cfg.metadata.image_root
+  cfg.metadata.image_root = str(cub / "nonexistent")
+  assert next(iter(pipeline.build_eval_iterator(cfg, "val", batch_size=8)))["valid"].sum() == 2
+  with pytest.raises(wsol_metadata.MetadataNotFoundError):
+    pipeline.build_eval_iterator(cfg, "test", batch_size=8)
+  src = wsol_metadata.WsolMetadataSource(  # per-split mapping in the source API
+      str(cub / "metadata" / "CUB"), "val", {"val": cfg.metadata.val_image_root}, num_classes=3)
+  assert len(src) == 2
 
 
 def test_train_skips_unreadable_images_and_counts_them(cub):

@@ -30,6 +30,7 @@ Fields of ``cfg_data`` (``default_data_config()``; '' / 0 mean "dataset default"
     dataset        'CUB' | 'ILSVRC' | 'OpenImages' (class count and max_boxes default).
     metadata_dir   e.g. 'wsolevaluation/metadata/CUB' (holds train/ val/ test/).
     image_root     e.g. 'dataset/CUB'.
+    val_image_root images of the val split when kept elsewhere (e.g. CUBV2; '' = image_root).
     mask_root      e.g. 'dataset/OpenImages' ('' = image_root).
     num_classes    0 = by dataset.
   synthetic      for name='synthetic' (see ``synthetic.SyntheticParams``):
@@ -74,7 +75,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   cfg.read_threads = 8
   cfg.read_prefetch = 128
   cfg.metadata = ml_collections.ConfigDict(dict(
-      dataset="CUB", metadata_dir="", image_root="", mask_root="", num_classes=0))
+      dataset="CUB", metadata_dir="", image_root="", val_image_root="", mask_root="",
+      num_classes=0))
   render = synthetic_render.RenderParams()
   cfg.synthetic = ml_collections.ConfigDict(dict(
       generate=True, num_train=8000, num_val=300, num_test=600, seed=0,

@@ -65,8 +65,11 @@ def make_source(cfg: Any, split: str) -> Source:
                                    mask_threshold=cfg.get("mask_threshold", 127))
   if cfg.name == "wsol_metadata":
     m = cfg.metadata
+    image_root = m.image_root
+    if m.get("val_image_root", "") and split == config_lib.resolve_split(cfg, "val"):
+      image_root = m.val_image_root
     return wsol_metadata.WsolMetadataSource(
-        m.metadata_dir, split, m.image_root, mask_root=m.get("mask_root", "") or None,
+        m.metadata_dir, split, image_root, mask_root=m.get("mask_root", "") or None,
         dataset=m.get("dataset", "") or None, num_classes=m.get("num_classes", 0) or None,
         use_masks=use_masks)
   raise ValueError(f"unknown dataset name {cfg.name!r}; expected one of {config_lib.NAMES}")

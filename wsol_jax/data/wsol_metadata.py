@@ -191,7 +191,9 @@ class WsolMetadataSource:
     if not os.path.isdir(split_dir):
       raise MetadataNotFoundError(f"wsolevaluation metadata not found: {split_dir} is not a "
                                   f"folder. {_HINT}")
-    root = image_root[split] if isinstance(image_root, Mapping) else image_root
+    # A mapping split -> folder (dict or ConfigDict) or one folder for all splits.
+    root = image_root if isinstance(image_root, (str, os.PathLike)) else image_root[split]
+    root = os.fspath(root) if root else root
     if not root or not os.path.isdir(root):
       raise MetadataNotFoundError(f"image folder {root!r} for {split_dir} not found. {_HINT}")
     self.metadata_dir = metadata_dir
