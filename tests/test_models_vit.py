@@ -184,3 +184,18 @@ def test_bad_capture_delta_and_model_name_give_clear_errors():
     create_model("deit_smal_patch16_224")
   with pytest.raises(ValueError, match="unknown vit model options"):
     create_model("deit_small_patch16_224", n_layers=3)
+
+
+def test_gradient_barrier_is_an_identity_that_survives_compilation():
+  from wsol_jax.models.vit import gradient_barrier
+  x = jax.random.normal(jax.random.key(0), (2, 5, 4))
+  w = jax.random.normal(jax.random.key(1), (2, 5, 4))
+  f = lambda x: jnp.sum(jnp.sin(gradient_barrier(x)) * w)
+  np.testing.assert_array_equal(gradient_barrier(x), x)
+  np.testing.assert_allclose(jax.grad(f)(x), jnp.cos(x) * w, rtol=1e-6)
+  # The backward keeps one while loop per barrier: XLA cannot fuse the residual-gradient
+  # chain across blocks (which made XLA:CPU recompute it O(depth²) times).
+  model, variables, images = _tiny()
+  loss = lambda p: model.apply({"params": p}, images)[0].sum()
+  hlo = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
+  assert hlo.count(" while(") >= model.depth
