@@ -118,21 +118,11 @@ _TABLES[2, :, 0] = _euler_table()
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _ring_mask(parent: np.ndarray, p: int, wp: int) -> int:
-  """Bit j set when ring neighbour j of padded index p is in the set (parent >= 0)."""
-  return ((((parent[p - wp - 1] >> 31) & 1) ^ 1)
-          | ((((parent[p - wp] >> 31) & 1) ^ 1) << 1)
-          | ((((parent[p - wp + 1] >> 31) & 1) ^ 1) << 2)
-          | ((((parent[p + 1] >> 31) & 1) ^ 1) << 3)
-          | ((((parent[p + wp + 1] >> 31) & 1) ^ 1) << 4)
-          | ((((parent[p + wp] >> 31) & 1) ^ 1) << 5)
-          | ((((parent[p + wp - 1] >> 31) & 1) ^ 1) << 6)
-          | ((((parent[p - 1] >> 31) & 1) ^ 1) << 7))
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
 def _ring_mask_u(parent: np.ndarray, p: np.uint64, wp: np.uint64) -> int:
-  """``_ring_mask`` with unsigned indices (no negative-index wraparound code)."""
+  """Bit j set when ring neighbour j of padded index p is in the set (parent >= 0).
+
+  Unsigned indices: numba emits no negative-index wraparound code for them.
+  """
   one = np.uint64(1)
   return ((((parent[p - wp - one] >> 31) & 1) ^ 1)
           | ((((parent[p - wp] >> 31) & 1) ^ 1) << 1)
@@ -146,7 +136,7 @@ def _ring_mask_u(parent: np.ndarray, p: np.uint64, wp: np.uint64) -> int:
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _find_u(parent: np.ndarray, i: np.uint64) -> np.uint64:
-  """``_find`` with unsigned indices."""
+  """Root of ``i`` (unsigned index) with path halving."""
   while True:
     a = np.uint64(parent[i])
     if a == i:
@@ -156,15 +146,6 @@ def _find_u(parent: np.ndarray, i: np.uint64) -> np.uint64:
       return a
     parent[i] = np.int32(b)
     i = b
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _find(parent: np.ndarray, i: int) -> int:
-  """Root of ``i`` with path halving."""
-  while parent[i] != i:
-    parent[i] = parent[parent[i]]
-    i = parent[i]
-  return i
 
 
 @numba.njit(cache=True, nogil=True)
@@ -581,39 +562,46 @@ def _holes(height: int, width: int, up: np.ndarray, esc: np.ndarray, holes: np.n
   n_stale = np.int64(0)
   best = -1.0
   changed = True
+  uwp = np.uint64(wp)
+  count = np.empty(256, np.int64)  # as in _foreground, for 4-connectivity
+  offs = np.empty((256, 4), np.uint64)
+  for m in range(256):
+    count[m] = table4[m, 0]
+    for j in range(4):
+      offs[m, j] = ring[table4[m, j + 1]] if j < count[m] else 0
   for level in range(t_max + 1):
     for i in range(start[level], start[level + 1]):
       yx = order[i]
       y = yx >> 16
       x = yx & 0xffff
-      p = y * wp + x
-      r = -1
-      m = _ring_mask(parent, p, wp)
-      for j in range(table4[m, 0]):
-        s = _find(parent, p + ring[table4[m, j + 1]])
-        if r < 0:
-          r = s
-          parent[p] = r
-          node[r, _SIZE] += 1
-          if _grow(node, r, x, y, x, y):
-            n_stale = _mark_stale(node, stale, n_stale, r)
-          continue
+      p = np.uint64(y) * uwp + np.uint64(x)
+      changed = True
+      m = _ring_mask_u(parent, p, uwp)
+      n_reps = count[m]
+      if n_reps == 0:  # a new hole
+        q = np.int64(p)
+        _new_root(node, parent, q, x, y)
+        n_act = _activate(node, act, n_act, q)
+        n_stale = _mark_stale(node, stale, n_stale, q)
+        nxt[q] = exit_head[esc[q]]
+        exit_head[esc[q]] = q
+        continue
+      r = _find_u(parent, p + offs[m, 0])
+      parent[p] = np.int32(r)
+      node[r, _SIZE] += 1
+      if _grow(node, r, x, y, x, y):
+        n_stale = _mark_stale(node, stale, n_stale, np.int64(r))
+      for j in range(1, n_reps):
+        s = _find_u(parent, p + offs[m, j])
         if s == r:
           continue
         if node[r, _SIZE] < node[s, _SIZE]:
           r, s = s, r
-        parent[s] = r
+        parent[s] = np.int32(r)
         node[r, _SIZE] += node[s, _SIZE]
         if _grow(node, r, node[s, _X0], node[s, _Y0], node[s, _X1], node[s, _Y1]):
-          n_stale = _mark_stale(node, stale, n_stale, r)
-        n_act = _deactivate(node, act, act_iou, n_act, s)
-      if r < 0:
-        _new_root(node, parent, p, x, y)
-        n_act = _activate(node, act, n_act, p)
-        n_stale = _mark_stale(node, stale, n_stale, p)
-        nxt[p] = exit_head[esc[p]]
-        exit_head[esc[p]] = p
-      changed = True
+          n_stale = _mark_stale(node, stale, n_stale, np.int64(r))
+        n_act = _deactivate(node, act, act_iou, n_act, np.int64(s))
     r = exit_head[level]
     while r >= 0:  # components that reach the border at this level
       if parent[r] == r and node[r, _POS] >= 0:
