@@ -602,12 +602,12 @@ def _holes(height: int, width: int, up: np.ndarray, esc: np.ndarray, holes: np.n
         if _grow(node, r, node[s, _X0], node[s, _Y0], node[s, _X1], node[s, _Y1]):
           n_stale = _mark_stale(node, stale, n_stale, np.int64(r))
         n_act = _deactivate(node, act, act_iou, n_act, np.int64(s))
-    r = exit_head[level]
-    while r >= 0:  # components that reach the border at this level
-      if parent[r] == r and node[r, _POS] >= 0:
-        n_act = _deactivate(node, act, act_iou, n_act, r)
+    h = np.int64(exit_head[level])
+    while h >= 0:  # components that reach the border at this level
+      if parent[h] == h and node[h, _POS] >= 0:
+        n_act = _deactivate(node, act, act_iou, n_act, h)
         changed = True
-      r = nxt[r]
+      h = np.int64(nxt[h])
     if not need[level + 1]:
       continue
     if changed:
