@@ -24,7 +24,8 @@ Endless unless ``num_epochs`` is set (each epoch reshuffled); the last partial
 batch of a finite run is dropped. Same seed -> same order, crops and flips
 (for a fixed worker_count: workers batch their own slices).
 
-Evaluation batches (H' x W' = image_size, every image exactly once, in order):
+Evaluation batches (H' x W' = image_size; every image exactly once, in source
+order when worker_count=0, interleaved by worker otherwise; use 'index'):
   'image'     uint8 (B, H', W', 3)  resized straight to image_size, no crop
   'label'     int32 (B,)
   'boxes'     int32 (B, G, 4)  wsolevaluation resize_bbox (floor), -1 padded
