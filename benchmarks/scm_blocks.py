@@ -9,11 +9,15 @@ XLA cost-analysis FLOPs of every compiled function::
 
 Timings interleave the variants (round-robin) and report the median and the
 minimum of ``--repeats`` runs after one warm-up call, so load from other
-processes affects every variant alike.
+processes affects every variant alike. FLOPs come from XLA's cost analysis of the
+lowered (pre-optimisation) HLO with every ``lax.scan`` unrolled: the cost analysis
+counts a while-loop body once, whatever its trip count.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import statistics
 import time
@@ -39,31 +43,48 @@ def make_config(method: str, args: argparse.Namespace, impl: str = "stencil") ->
   return c
 
 
-def flops_of(compiled: Any) -> float:
-  cost = compiled.cost_analysis()
+@contextlib.contextmanager
+def unrolled_scans():
+  """Traces every ``jax.lax.scan`` fully unrolled (for FLOP counting only)."""
+  original = jax.lax.scan
+  jax.lax.scan = functools.partial(original, unroll=True)
+  try:
+    yield
+  finally:
+    jax.lax.scan = original
+
+
+def flops(fn: Callable, *args: Any) -> float:
+  """FLOPs of ``jax.jit(fn)(*args)``: cost analysis of the lowered HLO, scans unrolled."""
+  with unrolled_scans():
+    cost = jax.jit(fn).lower(*args).cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def compile_step(method, batch: dict[str, jax.Array]) -> tuple[Callable, Any, float]:
-  """jit(value_and_grad(loss)), its variables and its FLOPs."""
+def prepare(grad_fn: Callable, args: tuple[Any, ...], run: bool) -> tuple[Callable | None, float]:
+  """(a compiled zero-argument runner, or None if not ``run``; the FLOPs)."""
+  runner = None
+  if run:
+    compiled = jax.jit(grad_fn).lower(*args).compile()
+    runner = lambda: compiled(*args)  # noqa: E731
+  return runner, flops(grad_fn, *args)
+
+
+def step_fn(method, batch: dict[str, jax.Array]) -> tuple[Callable, tuple[Any, ...]]:
+  """value_and_grad of the method's training loss and its arguments."""
   variables = method.init(jax.random.key(0))
-  step = jax.jit(jax.value_and_grad(lambda v, b, r: method.loss(v, b, r)[0]))
-  compiled = step.lower(variables, batch, jax.random.key(1)).compile()
-  return (lambda: compiled(variables, batch, jax.random.key(1))), variables, flops_of(compiled)
+  return (jax.value_and_grad(lambda v, b, r: method.loss(v, b, r)[0]),
+          (variables, batch, jax.random.key(1)))
 
 
-def compile_adbs(cfg: scm_lib.ScmConfig, s: jax.Array, f: jax.Array) -> tuple[Callable, float]:
-  """The ADB stack alone: grad of sum(GAP(S^K)) w.r.t. (S⁰, F⁰, λ, β)."""
-  params = cfg.init_params()
-
+def adbs_fn(cfg: scm_lib.ScmConfig, s: jax.Array, f: jax.Array) -> tuple[Callable, tuple[Any, ...]]:
+  """The ADB stack alone: value_and_grad of sum(GAP(S^K)) w.r.t. (S⁰, F⁰, λ, β)."""
   def loss(s, f, p):
     out, _, _ = scm_lib.run_adbs(s, f, p, cfg)
     return jnp.sum(jnp.mean(out, axis=(1, 2)))
-  fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
-  compiled = fn.lower(s, f, params).compile()
-  return (lambda: compiled(s, f, params)), flops_of(compiled)
+  return jax.value_and_grad(loss, argnums=(0, 1, 2)), (s, f, cfg.init_params())
 
 
 def time_round_robin(fns: dict[str, Callable], repeats: int) -> dict[str, list[float]]:
@@ -88,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--drop-path", type=float, default=0.1)
   parser.add_argument("--precision", default="highest", choices=sorted(scm_lib.PRECISIONS))
   parser.add_argument("--no-dense", action="store_true", help="skip the dense (literal) ADB variant")
+  parser.add_argument("--flops-only", action="store_true", help="count FLOPs, do not time")
   parser.add_argument("--json", default="", help="write the results to this file")
   args = parser.parse_args(argv)
 
@@ -99,19 +121,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   if not args.no_dense:
     variants.append(("scm_dense", "scm", "dense"))
 
-  steps, flops = {}, {}
-  for name, method, impl in variants:
-    fn, _, flops[name] = compile_step(get_method(make_config(method, args, impl)), batch)
-    steps[name] = fn
+  fns = {name: step_fn(get_method(make_config(method, args, impl)), batch)
+         for name, method, impl in variants}
   grid = size // 16
   s = jnp.asarray(rng.standard_normal((b, grid, grid, args.num_classes)), jnp.float32)
   f = jnp.asarray(rng.uniform(size=(b, grid * grid)), jnp.float32)
   for impl in ("stencil",) + (() if args.no_dense else ("dense",)):
-    fn, flops[f"adbs_{impl}"] = compile_adbs(
-        scm_lib.ScmConfig(impl=impl, precision=args.precision), s, f)
-    steps[f"adbs_{impl}"] = fn
+    fns[f"adbs_{impl}"] = adbs_fn(scm_lib.ScmConfig(impl=impl, precision=args.precision), s, f)
+  steps, gflops = {}, {}
+  for name, (grad_fn, fn_args) in fns.items():
+    steps[name], gflops[name] = prepare(grad_fn, fn_args, run=not args.flops_only)
 
-  times = time_round_robin(steps, args.repeats)
+  if args.flops_only:
+    times = {name: [float("nan")] for name in steps}
+  else:
+    times = time_round_robin(steps, args.repeats)
   result = {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
             "args": vars(args), "variants": {}}
   base_t = statistics.median(times["tscam"])
@@ -122,10 +146,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     med = statistics.median(ts)
     rel = med / base_t - 1.0 if not name.startswith("adbs") else float("nan")
     result["variants"][name] = {"median_s": med, "min_s": min(ts), "times_s": ts,
-                                "gflop_per_image": flops[name] / 1e9 / b,
+                                "gflop_per_image": gflops[name] / 1e9 / b,
                                 "rel_to_tscam": rel}
     rel_s = f"{100 * rel:+8.1f}%" if rel == rel else f"{'':9s}"
-    print(f"{name:14s} {med:9.3f} {min(ts):8.3f} {rel_s} {flops[name] / 1e9 / b:10.2f}")
+    print(f"{name:14s} {med:9.3f} {min(ts):8.3f} {rel_s} {gflops[name] / 1e9 / b:10.2f}")
   if args.json:
     with open(args.json, "w") as fh:
       json.dump(result, fh, indent=2)

@@ -227,6 +227,8 @@ def test_row_extrema_send_the_gradient_to_the_first_index_like_torch():
   assert jax.grad(lambda x: S.row_max(x).sum())(x).tolist() == [[0, 1, 0, 0, 0]]
   assert jax.grad(lambda x: S.row_min(x).sum())(x).tolist() == [[0, 0, 0, 1, 0]]
   assert jax.grad(lambda x: S.row_max(x, "split").sum())(x).tolist() == [[0, 0.5, 0.5, 0, 0]]
+  with pytest.raises(ValueError, match="ties"):
+    S.row_min(x, "torch")
 
 
 def _torch_adb(s, f, lam, beta, lap, iterations, alpha):
