@@ -149,6 +149,19 @@ def test_config_defaults_are_the_dataset_defaults():
   assert params == synthetic.SyntheticParams()
 
 
+@pytest.mark.parametrize("difficulty", ["easy", "default", "hard"])
+def test_difficulty_presets_are_valid_and_distinct(difficulty):
+  cfg = config_lib.synthetic_demo_config(difficulty)
+  assert cfg.image_size == 64 and cfg.resize_size == 72
+  params = synthetic.SyntheticParams.from_kwargs(**config_lib.synthetic_params(cfg))
+  names = {d: synthetic.SyntheticParams.from_kwargs(
+      **config_lib.synthetic_params(config_lib.synthetic_demo_config(d))).config_name
+           for d in config_lib.SYNTHETIC_PRESETS}
+  assert len(set(names.values())) == 3 and params.config_name == names[difficulty]
+  with pytest.raises(ValueError, match="difficulty"):
+    config_lib.synthetic_demo_config("impossible")
+
+
 def test_make_source_generates_or_explains(tmp_path):
   cfg = config_lib.default_data_config()
   cfg.data_dir = str(tmp_path)
