@@ -121,3 +121,20 @@ def test_source_pickles_without_the_open_tfds_handle(mock_tfds):
   clone = pickle.loads(pickle.dumps(src))
   assert clone._ds is None and len(clone) == 6  # pylint: disable=protected-access
   np.testing.assert_array_equal(clone[3]["image"], src[3]["image"])  # reopened lazily
+
+
+def test_config_entry_points_for_cub_and_dogs(mock_tfds):
+  cfg = config_lib.default_data_config()
+  cfg.name, cfg.image_size, cfg.resize_size = "cub", 32, 40
+  info = sources.dataset_info(cfg)
+  assert info.num_classes == 200 and info.max_boxes == 1 and info.splits["val"] == ""
+  b = next(pipeline.build_train_iterator(cfg, batch_size=8, seed=0))
+  assert b["image"].shape == (8, 32, 32, 3)
+  ev = pipeline.build_eval_iterator(cfg, "test", batch_size=8)
+  assert next(iter(ev))["mask"].shape == (8, 32, 32)
+  with pytest.raises(ValueError, match="no 'val' split"):
+    pipeline.build_eval_iterator(cfg, "val", batch_size=8)
+  cfg.name = "stanford_dogs"
+  ev = pipeline.build_eval_iterator(cfg, "test", batch_size=8)
+  assert ev.info.max_boxes == 16 and ev.info.num_classes == 120
+  assert next(iter(ev))["boxes"].shape == (8, 16, 4)
