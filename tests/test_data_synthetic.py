@@ -97,6 +97,8 @@ def test_params_validation_and_config_names():
   a = synthetic.SyntheticParams.from_kwargs(object_scale=[0.35, 0.7])
   assert a.config_name == synthetic.SyntheticParams().config_name  # lists hash like tuples
   assert synthetic.SyntheticParams.from_kwargs(clutter=2.0).config_name != a.config_name
+  assert (synthetic.SyntheticParams.from_kwargs(clutter=2, num_train=10.0).config_name ==
+          synthetic.SyntheticParams.from_kwargs(clutter=2.0, num_train=10).config_name)
   assert synthetic.SyntheticParams.from_kwargs(num_classes=4).config_name.startswith("k4_")
 
 
