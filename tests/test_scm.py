@@ -206,6 +206,8 @@ def test_config_defaults_paper_option_and_validation():
   for bad in ({"iterations": (16, 4)}, {"iterations": 0}, {"impl": "solver"}, {"precision": "x"}):
     with pytest.raises(ValueError, match="scm"):
       S.ScmConfig(**bad)
+  with pytest.raises(ValueError, match="unknown scm config keys.*iteration"):
+    S.ScmConfig.from_config(ml_collections.ConfigDict({"scm": {"iteration": 4}}))
   params = paper.init_params()
   assert sorted(params) == [f"adb_{i}" for i in range(4)]
   assert params["adb_0"]["lambda"].shape == (1,) and float(params["adb_3"]["beta"][0]) == 0.5

@@ -100,7 +100,11 @@ class ScmConfig:
     if not section:
       return cls()
     fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in dict(section).items() if k in fields})
+    values = dict(section)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+      raise ValueError(f"unknown scm config keys {unknown}; valid: {sorted(fields)}")
+    return cls(**values)
 
   def init_params(self) -> dict[str, dict[str, jax.Array]]:
     """``{'adb_i': {'lambda': (1,), 'beta': (1,)}}`` with the official initial values."""
@@ -544,10 +548,12 @@ class Scm(TsCam):
       raise ValueError("SCM training needs params['scm'] (the ADBs' lambda/beta): build the "
                        "variables with Scm.init, or convert the checkpoint with --method scm")
     _, attn_cls, semantic = self.semantic_and_attention(backbone, images, train=train, rng=rng)
+    dtype = jnp.promote_types(semantic.dtype, jnp.float32)  # the ADBs run in (at least) float32
+    semantic, attn_cls = semantic.astype(dtype), attn_cls.astype(dtype)
     f0 = attention_activation(attn_cls, ties)
     s, _, out = run_adbs(semantic, f0, scm, self.scm_config, ties=ties, trace=trace)
     out.update(S0=semantic, F0=f0)
-    return jnp.mean(s.astype(jnp.float32), axis=(1, 2)), out
+    return jnp.mean(s, axis=(1, 2)), out
 
   def loss(self, variables, batch, rng):
     logits, _ = self.train_forward(variables, batch["image"], rng)
