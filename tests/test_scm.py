@@ -1,15 +1,18 @@
 """SCM: ADB unit tests (spec §11.2–11.3), both ADB implementations, torch tie semantics,
 and golden parity of the training graph, its gradients and the inference maps.
 
-Tolerance rule for the float32 golden comparisons: ``2·floor + 3e-6·scale``. ``floor`` is
-the official float32 run's own rounding error: the MANIFEST fp64 column, except for
-grad_lambda, whose fp64 column (9.5e-8) is a lucky cancellation — the official code's
-float32 error on the same ADB inputs is 1.6e-6 (pinned by
-``test_official_float32_grad_lambda_error``). ``3e-6·scale`` bounds our own float32
-rounding (measured ≤ 4.5e-6·scale for grad_lambda, ≤ 2e-6·scale elsewhere, against
-float64 runs of this code). ``test_training_graph_in_float64_reproduces_the_manifest_fp64_column``
-shows the remaining gaps are rounding only: in float64 our difference to the golden is
-the MANIFEST's fp64 column itself.
+Tolerances of the float32 golden comparisons: |ours − golden| ≤ |golden − exact| +
+|ours − exact|, each bound measured and doubled: ``2·(floor + own)``.
+
+* ``floor``: the official float32 run's own error, the MANIFEST fp64 column — except for
+  grad_lambda, whose fp64 column (9.5e-8) is a lucky cancellation: the official float32
+  error on the same ADB inputs is 1.6e-6 (pinned by ``test_official_float32_grad_lambda_error``).
+* ``own``: this code's float32 error against a float64 run of itself: ≤ 2.1e-6·scale, so
+  3e-6·scale is allowed; grad_lambda (a sum of large cancelling terms) reaches 1.3e-6, so
+  1.5e-6 is allowed.
+
+``test_training_graph_in_float64_reproduces_the_manifest_fp64_column`` shows the gaps are
+rounding only: run in float64, our difference to the golden IS the MANIFEST fp64 column.
 """
 import jax
 import jax.numpy as jnp
@@ -31,12 +34,14 @@ TOL_FP64 = {  # MANIFEST scm.npz: (fp64 column, scale column)
     "eval_maps": (2.18e-06, 1.73), "eval_F0": (1.31e-06, 1.0), "eval_S0": (1.39e-06, 2.36),
 }
 OFFICIAL_GRAD_LAMBDA_F32_ERROR = 1.6e-6
+OWN_GRAD_LAMBDA_F32_ERROR = 1.5e-6
 
 
 def f32_tol(name: str) -> float:
   fp64, scale = TOL_FP64[name]
-  floor = OFFICIAL_GRAD_LAMBDA_F32_ERROR if name == "grad_lambda" else fp64
-  return 2 * floor + 3e-6 * scale
+  if name == "grad_lambda":
+    return 2 * (OFFICIAL_GRAD_LAMBDA_F32_ERROR + OWN_GRAD_LAMBDA_F32_ERROR)
+  return 2 * (fp64 + 3e-6 * scale)
 
 
 def _rand_semantic(key, b=2, h=5, w=7, c=6):
@@ -303,9 +308,9 @@ def _with_golden_head(variables, golden_dir, dtype=jnp.float32):
   return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), {**variables, "params": params})
 
 
-def _train_outputs(method, variables, images, targets, ties="first"):
+def _train_outputs(method, variables, images, targets):
   def loss_fn(v):
-    logits, out = method.train_forward(v, images, jax.random.key(0), ties=ties, trace=True)
+    logits, out = method.train_forward(v, images, jax.random.key(0), trace=True)
     return base.cross_entropy(logits, targets)[0], (logits, out)
   (loss, (logits, out)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables)
   scm, head = grads["params"]["scm"], grads["params"]["head"]
