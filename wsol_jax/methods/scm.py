@@ -533,8 +533,7 @@ class Scm(TsCam):
     super().__init__(config)
 
   def init_fresh(self, rng: jax.Array) -> base.Variables:
-    # jit: an eager Flax init dispatches (and compiles) every op separately.
-    variables = jax.jit(super().init_fresh)(rng)
+    variables = super().init_fresh(rng)
     params = dict(variables["params"])
     params["scm"] = self.scm_config.init_params()
     return {**variables, "params": params}
