@@ -242,8 +242,17 @@ def set_ilsvrc_data(c: ml_collections.ConfigDict, variants: set[str]) -> None:
     c.eval.select_split = "test"
 
 
-def set_synthetic_data(c: ml_collections.ConfigDict, image_size: int = 64) -> None:
-  """The wsol_jax synthetic dataset (generated on first use), at a CPU-sized resolution."""
+def set_synthetic_data(c: ml_collections.ConfigDict, image_size: int = 64,
+                       difficulty: str = "easy") -> None:
+  """The wsol_jax synthetic dataset (generated on first use), at a CPU-sized resolution.
+
+  ``difficulty`` picks a preset of ``wsol_jax.data.config.SYNTHETIC_PRESETS``: 'easy'
+  (upright, untextured shapes, little clutter) is what a tiny model learns on a CPU in
+  minutes; 'default' and 'hard' add rotation, stretch, textures and clutter.
+  """
+  if difficulty not in data_config.SYNTHETIC_PRESETS:
+    raise ValueError(f"difficulty must be one of {sorted(data_config.SYNTHETIC_PRESETS)}")
+  c.data.synthetic.update(data_config.SYNTHETIC_PRESETS[difficulty])
   c.data.name = "synthetic"
   c.data.image_size = image_size
   c.data.resize_size = image_size + image_size // 8
