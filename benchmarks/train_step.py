@@ -25,7 +25,8 @@ SETUPS = {
     "tscam": ("deit_small_patch16_224", 224, {}),
     "scm": ("deit_small_patch16_224", 224, {}),
     "vitol": ("deit_small_patch16_224", 224, {}),
-    "rfga": ("resnet50", 448, {}),
+    # RFGA paper recipe: ResNet-50 (output stride 8: 56×56 maps) + module + 1×1 head, SGD.
+    "rfga": ("resnet50", 448, {"optimizer.name": "sgd"}),
 }
 
 

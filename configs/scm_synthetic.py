@@ -4,23 +4,18 @@
 
 Generates the dataset on first use, trains ~10 minutes on 2 CPU cores, selects on the
 val split, evaluates the test split and prints MaxBoxAccV2 next to the center-Gaussian
-baseline; overlays go to WORKDIR/overlays. Variant ``smoke``: a few steps (tests).
+baseline; overlays go to WORKDIR/overlays. Model and recipe: ``config_lib.set_synthetic_vit``
+(the SCM blocks use the official defaults of ``config.scm``). Variant ``smoke``: a few
+steps (tests).
 """
-import importlib.util
-import pathlib
-
 from wsol_jax import config_lib
 
 
-def _tscam_synthetic():
-  path = pathlib.Path(__file__).with_name("tscam_synthetic.py")
-  spec = importlib.util.spec_from_file_location("_tscam_synthetic", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(arg=None):
-  c = _tscam_synthetic().get_config(arg)
+  variants = config_lib.parse_arg(arg)
+  c = config_lib.base_config()
   c.method = "scm"
+  config_lib.set_synthetic_vit(c)
+  if "smoke" in variants:
+    config_lib.set_synthetic_smoke(c)
   return c

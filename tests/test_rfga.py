@@ -1,4 +1,7 @@
 """RFGA: MoANA-module golden parity, the paper reading, the network and the method plug-in."""
+import json
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +10,7 @@ from flax import traverse_util
 
 from wsol_jax import config_lib, methods, optim
 from wsol_jax.methods import rfga
+from wsol_jax.models import load_pretrained
 
 VIEWS = {"c": "bn1", "h": "bn2", "w": "bn3"}  # our view -> MoANA BN name
 
@@ -273,7 +277,6 @@ def test_config_section_and_output_stride_override():
 
 
 def test_pretrained_backbone_loads_and_new_layers_stay_fresh(golden_resnet_dir):
-  from wsol_jax.models import load_pretrained
   cfg = _config(hw_conv="shared")
   cfg.model.num_classes = 7
   cfg.model.pretrained = str(golden_resnet_dir)
@@ -288,3 +291,50 @@ def test_pretrained_backbone_loads_and_new_layers_stay_fresh(golden_resnet_dir):
   for root in ("rfga", "head"):
     jax.tree_util.tree_map(np.testing.assert_array_equal, variables["params"][root],
                            fresh["params"][root])
+
+
+# ---- end to end ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_training_through_the_cli(tmp_path, capsys):
+  """The ``:smoke`` config through the CLI: results, export, overlays, BatchNorm statistics."""
+  from PIL import Image
+
+  from wsol_jax import train as train_cli
+  root = pathlib.Path(__file__).resolve().parents[1]
+  workdir = tmp_path / "run"
+  args = ["--config", str(root / "configs/rfga_synthetic.py:smoke"), "--workdir", str(workdir),
+          f"--config.data.data_dir={tmp_path / 'tfds'}"]
+  assert train_cli.main(args) == 0
+  out = capsys.readouterr().out
+  assert "center-Gaussian" in out and "maxboxacc_v2" in out
+  results = json.loads((workdir / "results.json").read_text())
+  assert 0 <= results["test"]["maxboxacc_v2"] <= 100 and results["center_gaussian"]["maxboxacc_v2"] > 0
+  for t in (50, 60, 70, 80, 90):
+    assert 0 <= results["test"][f"rfga_maxboxacc_iou{t}"] <= 100
+  assert 0 <= results["test"]["rfga_miou"] <= 1
+  variables, meta = load_pretrained(workdir / "export")
+  assert meta["method"] == "rfga" and meta["selected_step"] >= 1
+  assert len(list((workdir / "overlays").glob("*.png"))) == 2
+  for png in (workdir / "overlays").glob("*.png"):
+    with Image.open(png) as im:
+      assert im.mode == "RGB"
+  # BatchNorm running statistics moved during training and the eval forward uses them.
+  cfg = config_lib.load(args[1])
+  cfg.data.data_dir = str(tmp_path / "tfds")
+  method = methods.get_method(cfg)
+  fresh = method.init(jax.random.key(int(cfg.seed)))
+  moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                                 variables["batch_stats"], fresh["batch_stats"])
+  assert min(jax.tree_util.tree_leaves(moved)) > 0
+  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  predict = jax.jit(method.predict)
+  reset = {**variables, "batch_stats": fresh["batch_stats"]}
+  assert np.abs(np.asarray(predict(variables, images)) - np.asarray(predict(reset, images))).max() > 1e-4
+  # The export loads in the explain CLI's loader (model family 'rfga') with CAM maps.
+  from wsol_jax import explain
+  explainer = explain.build_explainer(workdir / "export")
+  assert explainer.method == "cam"
+  size = explainer.image_size
+  raw, logits = explainer.fn(explainer.variables, jnp.zeros((2, size, size, 3), jnp.uint8), None)
+  assert raw.ndim == 3 and raw.shape[0] == 2 and logits.shape == (2, cfg.model.num_classes)

@@ -258,3 +258,51 @@ def set_synthetic_data(c: ml_collections.ConfigDict, image_size: int = 64,
   c.data.resize_size = image_size + image_size // 8
   c.data.val_split = "val"
   c.model.num_classes = int(c.data.synthetic.num_classes)
+
+
+# ---- CPU demos on the synthetic dataset (``configs/*_synthetic.py``) ----------------------------
+
+def set_synthetic_vit(c: ml_collections.ConfigDict) -> None:
+  """A tiny DeiT trained from scratch at 64×64 (8×8 patches of 8 px) on the synthetic data.
+
+  Demo choices, not a paper recipe: width 128, depth 4, AdamW 1e-3 (wd 0.05), cosine
+  schedule after a 1-epoch warm-up, batch 32, no stochastic depth.
+  """
+  set_synthetic_data(c, image_size=64)
+  c.model.name = "deit_tiny_patch16_224"
+  c.model.kwargs = dict(img_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4)
+  c.model.drop_path_rate = 0.0
+  c.optimizer.update(dict(name="adamw", lr=1e-3, weight_decay=0.05))
+  c.schedule.update(dict(name="cosine", warmup_epochs=1))
+  c.training.update(dict(batch_size=32, num_epochs=10, log_every_steps=10))
+  c.eval.update(dict(every_epochs=2, batch_size=64, num_overlays=6))
+  c.checkpoint.every_steps = 500
+
+
+def set_synthetic_resnet(c: ml_collections.ConfigDict) -> None:
+  """A narrow ResNet (one Bottleneck per stage, width 16, output stride 8) from scratch at 64×64.
+
+  Demo choices, not a paper recipe: SGD momentum 0.9, lr 0.05 with a cosine schedule after
+  a 1-epoch warm-up, batch 64, 8×8 class maps.
+  """
+  set_synthetic_data(c, image_size=64)
+  c.model.name = "resnet50"
+  c.model.kwargs = dict(layers=(1, 1, 1, 1), output_stride=8, width=16)
+  c.optimizer.update(dict(name="sgd", lr=0.05, momentum=0.9, nesterov=False, weight_decay=1e-4))
+  c.schedule.update(dict(name="cosine", warmup_epochs=1))
+  c.training.update(dict(batch_size=64, num_epochs=10, log_every_steps=10))
+  c.eval.update(dict(every_epochs=2, batch_size=64, num_overlays=6))
+  c.checkpoint.every_steps = 500
+
+
+def set_synthetic_smoke(c: ml_collections.ConfigDict) -> None:
+  """The ``smoke`` variant of a synthetic config: a few steps on a tiny generated dataset (tests)."""
+  c.data.synthetic.update(dict(num_train=64, num_val=16, num_test=16, min_size=64, max_size=80))
+  c.data.image_size, c.data.resize_size = 32, 36
+  if "patch_size" in c.model.kwargs:
+    c.model.kwargs = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+  else:
+    c.model.kwargs.width = 8
+  c.training.update(dict(batch_size=16, num_epochs=2, log_every_steps=2))
+  c.eval.update(dict(every_epochs=1, batch_size=16, num_overlays=2))
+  c.checkpoint.every_steps = 2

@@ -39,7 +39,8 @@ from wsol_jax.maps import postprocess
 from wsol_jax.maps.compute import KINDS, jitted, upsample_method
 from wsol_jax.models import pretrained
 
-DEFAULT_METHOD = {"tscam": "tscam", "scm": "scm", "vitol": "gar"}
+DEFAULT_METHOD = {"tscam": "tscam", "scm": "scm", "vitol": "gar", "agcam": "agcam",
+                  "cam": "cam", "rfga": "cam"}
 SUMMARY_FIELDS = ("name", "path", "width", "height", "target", "predicted", "x0", "y0", "x1", "y1")
 
 
@@ -64,10 +65,10 @@ class Explainer:
 
 def default_method(meta: dict[str, Any]) -> str:
   """The map kind of a model directory when ``--method`` is not given."""
-  if meta.get("family") == "resnet":
-    return "cam"
   if meta.get("method") in DEFAULT_METHOD:
     return DEFAULT_METHOD[meta["method"]]
+  if meta.get("family") in ("resnet", "rfga"):
+    return "cam"
   return "gar"
 
 
@@ -76,8 +77,17 @@ def build_explainer(model_dir: str | pathlib.Path, method: str | None = None) ->
   variables, meta = pretrained.load_pretrained(model_dir)
   model = pretrained.model_from_meta(meta)
   method = method or default_method(meta)
-  maps_fn = jitted(model, (method,))  # validates the kind against the model
   mean, std = meta["mean"], meta["std"]
+  if meta.get("family") == "rfga":  # ResNet + RFGA module: CAMs are its class maps
+    from wsol_jax.methods import rfga
+    if method != "cam":
+      raise ValueError(f"an RFGA model gives 'cam' maps only, not {method!r}")
+
+    def maps_fn(v, images, targets):
+      maps, logits = rfga.class_activation_maps(model, v, images, targets)
+      return {"cam": maps}, logits
+  else:
+    maps_fn = jitted(model, (method,))  # validates the kind against the model
 
   @jax.jit
   def fn(v: Any, images: jax.Array, targets: jax.Array | None) -> tuple[jax.Array, jax.Array]:

@@ -45,9 +45,11 @@ class MetricWriter:
     self._file.write(json.dumps(row, sort_keys=True) + "\n")
     self._file.flush()
 
-  def write_train(self, rows: Sequence[Mapping[str, float]], epoch: float) -> None:
+  def write_train(self, rows: Sequence[Mapping[str, float]], steps_per_epoch: int) -> None:
+    """One JSON line per step; ``epoch`` = steps done / steps per epoch."""
     for row in rows:
-      self._write({"split": "train", "epoch": round(float(epoch), 4), **row})
+      epoch = int(row["step"]) / max(int(steps_per_epoch), 1)
+      self._write({"split": "train", "epoch": round(epoch, 4), **row})
       if self._tb is not None:
         for k, v in row.items():
           if k != "step":

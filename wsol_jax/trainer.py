@@ -218,7 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         if step % log_every == 0 or boundary:
           rows = _check_finite(pending)
           pending = []
-          writer.write_train(rows, epoch=(step - 1) / steps_per_epoch + 1)
+          writer.write_train(rows, steps_per_epoch)
           progress.update(step, rows[-1])
         if boundary:
           checkpointer.save(step, state, train_iter, wait=preemption.requested)
@@ -231,7 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           _select(selector, checkpointer, writer, state, step, config)
     progress.close()
     if pending:
-      writer.write_train(_check_finite(pending), epoch=num_epochs)
+      writer.write_train(_check_finite(pending), steps_per_epoch)
     if checkpointer.latest_step() != step:
       checkpointer.save(step, state, train_iter)
     checkpointer.wait()

@@ -168,6 +168,7 @@ class RfgaResNet(nn.Module):
   num_classes: int = 1000
   output_stride: int = 8
   in_chans: int = 3
+  width: int = 64
   dtype: Any = jnp.float32
   second_sigmoid: bool = True
   calibration: str = "residual"
@@ -177,7 +178,7 @@ class RfgaResNet(nn.Module):
   def setup(self):
     self.backbone = ResNet(layers=tuple(self.layers), num_classes=self.num_classes,
                            output_stride=self.output_stride, head="none", in_chans=self.in_chans,
-                           dtype=self.dtype)
+                           width=self.width, dtype=self.dtype)
     nn.share_scope(self, self.backbone)  # backbone variables at the top level (timm names)
 
   @nn.compact
@@ -200,6 +201,16 @@ class RfgaResNet(nn.Module):
     if "class_maps" in capture:
       aux["class_maps"] = maps
     return heads.spatial_mean(maps), aux
+
+
+def class_activation_maps(model: nn.Module, variables: base.Variables, images: jax.Array,
+                          targets: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """RFGA's CAMs: the class map of ``targets`` (None: predicted), (B, h, w), and the logits."""
+  logits, aux = model.apply(variables, images, capture=("class_maps",))
+  targets = resolve_targets(logits, targets).astype(jnp.int32)
+  class_maps = aux["class_maps"].astype(jnp.float32)  # (B, h, w, K)
+  maps = jnp.take_along_axis(class_maps, targets[:, None, None, None], axis=-1)[..., 0]
+  return maps, logits
 
 
 # ---- MoANA checkpoints ------------------------------------------------------------------------
@@ -283,11 +294,7 @@ class Rfga(base.Method):
   def maps(self, variables, images, targets=None, kind=None):
     if kind not in (None, *self.map_kinds):
       raise ValueError(f"rfga: unknown map kind {kind!r}; valid: {list(self.map_kinds)}")
-    logits, aux = self.model.apply(variables, images, capture=("class_maps",))
-    targets = resolve_targets(logits, targets).astype(jnp.int32)
-    class_maps = aux["class_maps"].astype(jnp.float32)  # (B, h, w, K)
-    maps = jnp.take_along_axis(class_maps, targets[:, None, None, None], axis=-1)[..., 0]
-    return maps, logits
+    return class_activation_maps(self.model, variables, images, targets)
 
   def param_labels(self, params):
     return new_layer_labels(params, NEW_ROOTS)
@@ -298,5 +305,5 @@ class Rfga(base.Method):
     return meta
 
 
-__all__ = ["CALIBRATIONS", "HW_CONVS", "MOANA", "Rfga", "RfgaConfig", "RfgaModule", "RfgaResNet",
+__all__ = ["CALIBRATIONS", "class_activation_maps", "HW_CONVS", "MOANA", "Rfga", "RfgaConfig", "RfgaModule", "RfgaResNet",
            "calibrate", "module_variables_from_torch", "new_layer_labels", "train_loss"]

@@ -73,9 +73,12 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
 
 def build_from_kwargs(family: str, kwargs: dict[str, Any]) -> nn.Module:
   """Rebuilds a module from a family name and saved constructor arguments (JSON metadata)."""
-  if family not in FAMILIES:
-    raise ValueError(f"unknown model family {family!r}; valid: {sorted(FAMILIES)}")
   kw = dict(kwargs)
   if "layers" in kw:
     kw["layers"] = tuple(kw["layers"])
+  if family == "rfga":  # ResNet + RFGA module; lives with its method (imports this module)
+    from wsol_jax.methods.rfga import RfgaResNet
+    return RfgaResNet(**kw)
+  if family not in FAMILIES:
+    raise ValueError(f"unknown model family {family!r}; valid: {sorted(FAMILIES) + ['rfga']}")
   return FAMILIES[family](**kw)

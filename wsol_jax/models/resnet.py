@@ -61,12 +61,15 @@ class ResNet(nn.Module):
   Attributes:
     head: ``'fc'`` (global average pool + Linear, timm ``fc``) or ``'none'``
       (logits = pooled features).
+    width: stem width and planes of the first stage (64 in ResNet-50; smaller values
+      give the narrow from-scratch models of the CPU demos).
   """
   layers: Sequence[int] = (3, 4, 6, 3)
   num_classes: int = 1000
   output_stride: int = 32
   head: str = "fc"
   in_chans: int = 3
+  width: int = 64
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -88,14 +91,14 @@ class ResNet(nn.Module):
       raise ValueError(f"unknown ResNet head {self.head!r}; valid: ['fc', 'none']")
 
     aux: dict[str, jax.Array] = {}
-    x = _conv(64, 7, 2, "conv1", self.dtype)(images.astype(self.dtype))
+    x = _conv(self.width, 7, 2, "conv1", self.dtype)(images.astype(self.dtype))
     x = nn.relu(layers.BatchNorm(name="bn1")(x, train))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     if "stem" in capture:
       aux["stem"] = x
-    in_ch = 64
+    in_ch = self.width
     for stage, (blocks, stride) in enumerate(zip(self.layers, STAGE_STRIDES[self.output_stride])):
-      planes = 64 * 2 ** stage
+      planes = self.width * 2 ** stage
       for j in range(blocks):
         s = stride if j == 0 else 1
         x = Bottleneck(planes, s, downsample=(j == 0 and (s != 1 or in_ch != planes * 4)),
