@@ -274,8 +274,8 @@ def set_synthetic_vit(c: ml_collections.ConfigDict) -> None:
   c.model.drop_path_rate = 0.0
   c.optimizer.update(dict(name="adamw", lr=1e-3, weight_decay=0.05))
   c.schedule.update(dict(name="cosine", warmup_epochs=1))
-  c.training.update(dict(batch_size=32, num_epochs=10, log_every_steps=10))
-  c.eval.update(dict(every_epochs=2, batch_size=64, num_overlays=6))
+  c.training.update(dict(batch_size=32, num_epochs=12, log_every_steps=10))
+  c.eval.update(dict(every_epochs=3, batch_size=64, num_overlays=6))
   c.checkpoint.every_steps = 500
 
 
