@@ -9,6 +9,8 @@ import pytest
 from flax import traverse_util
 
 from wsol_jax import config_lib, methods, optim
+
+import cli_checks
 from wsol_jax.methods import cam as cam_lib
 from wsol_jax.models import load_pretrained
 
@@ -118,8 +120,6 @@ def test_loss_updates_running_statistics_and_nesterov_sgd(golden):
 @pytest.mark.slow
 def test_training_through_the_cli(tmp_path, capsys):
   """The ``:smoke`` config through the CLI: results, export, overlays, BatchNorm statistics."""
-  from PIL import Image
-
   from wsol_jax import train as train_cli
   root = pathlib.Path(__file__).resolve().parents[1]
   workdir = tmp_path / "run"
@@ -131,21 +131,5 @@ def test_training_through_the_cli(tmp_path, capsys):
   results = json.loads((workdir / "results.json").read_text())
   assert 0 <= results["test"]["maxboxacc_v2"] <= 100 and results["center_gaussian"]["maxboxacc_v2"] > 0
   assert "rfga_miou" not in results["test"]
-  variables, meta = load_pretrained(workdir / "export")
-  assert meta["method"] == "cam" and meta["selected_step"] >= 1
-  assert len(list((workdir / "overlays").glob("*.png"))) == 2
-  for png in (workdir / "overlays").glob("*.png"):
-    with Image.open(png) as im:
-      assert im.mode == "RGB"
-  # BatchNorm running statistics moved during training and the eval forward uses them.
-  cfg = config_lib.load(args[1])
-  cfg.data.data_dir = str(tmp_path / "tfds")
-  method = methods.get_method(cfg)
-  fresh = method.init(jax.random.key(int(cfg.seed)))
-  moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
-                                 variables["batch_stats"], fresh["batch_stats"])
-  assert min(jax.tree_util.tree_leaves(moved)) > 0
-  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-  predict = jax.jit(method.predict)
-  reset = {**variables, "batch_stats": fresh["batch_stats"]}
-  assert np.abs(np.asarray(predict(variables, images)) - np.asarray(predict(reset, images))).max() > 1e-4
+  variables = cli_checks.check_export_and_overlays(workdir, "cam")
+  cli_checks.check_batch_stats_trained(args[1], tmp_path / "tfds", variables)

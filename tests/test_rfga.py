@@ -9,6 +9,8 @@ import pytest
 from flax import traverse_util
 
 from wsol_jax import config_lib, methods, optim
+
+import cli_checks
 from wsol_jax.methods import rfga
 from wsol_jax.models import load_pretrained
 
@@ -298,8 +300,6 @@ def test_pretrained_backbone_loads_and_new_layers_stay_fresh(golden_resnet_dir):
 @pytest.mark.slow
 def test_training_through_the_cli(tmp_path, capsys):
   """The ``:smoke`` config through the CLI: results, export, overlays, BatchNorm statistics."""
-  from PIL import Image
-
   from wsol_jax import train as train_cli
   root = pathlib.Path(__file__).resolve().parents[1]
   workdir = tmp_path / "run"
@@ -313,28 +313,12 @@ def test_training_through_the_cli(tmp_path, capsys):
   for t in (50, 60, 70, 80, 90):
     assert 0 <= results["test"][f"rfga_maxboxacc_iou{t}"] <= 100
   assert 0 <= results["test"]["rfga_miou"] <= 1
-  variables, meta = load_pretrained(workdir / "export")
-  assert meta["method"] == "rfga" and meta["selected_step"] >= 1
-  assert len(list((workdir / "overlays").glob("*.png"))) == 2
-  for png in (workdir / "overlays").glob("*.png"):
-    with Image.open(png) as im:
-      assert im.mode == "RGB"
-  # BatchNorm running statistics moved during training and the eval forward uses them.
-  cfg = config_lib.load(args[1])
-  cfg.data.data_dir = str(tmp_path / "tfds")
-  method = methods.get_method(cfg)
-  fresh = method.init(jax.random.key(int(cfg.seed)))
-  moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
-                                 variables["batch_stats"], fresh["batch_stats"])
-  assert min(jax.tree_util.tree_leaves(moved)) > 0
-  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-  predict = jax.jit(method.predict)
-  reset = {**variables, "batch_stats": fresh["batch_stats"]}
-  assert np.abs(np.asarray(predict(variables, images)) - np.asarray(predict(reset, images))).max() > 1e-4
+  variables = cli_checks.check_export_and_overlays(workdir, "rfga")
+  cli_checks.check_batch_stats_trained(args[1], tmp_path / "tfds", variables)
   # The export loads in the explain CLI's loader (model family 'rfga') with CAM maps.
   from wsol_jax import explain
   explainer = explain.build_explainer(workdir / "export")
   assert explainer.method == "cam"
   size = explainer.image_size
   raw, logits = explainer.fn(explainer.variables, jnp.zeros((2, size, size, 3), jnp.uint8), None)
-  assert raw.ndim == 3 and raw.shape[0] == 2 and logits.shape == (2, cfg.model.num_classes)
+  assert raw.ndim == 3 and raw.shape[0] == 2 and logits.shape == (2, explainer.meta["num_classes"])
