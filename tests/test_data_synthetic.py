@@ -79,6 +79,28 @@ def test_centred_box_guess_scores_poorly(examples):
   assert best < 0.35, best
 
 
+def test_light_object_polarity_keeps_colour_uninformative_and_old_names():
+  p = synthetic_render.RenderParams(polarity="light_object")
+  exs = [synthetic_render.render_example(np.random.default_rng([3, i]), p) for i in range(120)]
+  obj = np.array([ex.image[ex.mask].mean(0) for ex in exs])
+  # Background near the object's box (clutter may be light too, so not the whole image).
+  bg = np.array([np.median(ex.image[~ex.mask], axis=0) for ex in exs])
+  assert obj.min() >= 150 - 3 * 2 and bg.max() < 110 + 12 * 3  # noise_std 2; blotches 12
+  assert (obj.mean(1) > bg.mean(1) + 60).all()
+  labels = np.array([ex.label for ex in exs])
+  per_class = np.stack([obj[labels == k].mean(0) for k in range(6)])
+  assert np.ptp(per_class, axis=0).max() < 25  # object colour says nothing about the class
+  # 'any' (the default) hashes as before the knob existed: old datasets keep their names
+  # (names computed by the code before 'polarity').
+  base = synthetic.SyntheticParams()
+  assert base.config_name == "k6_30776af03d"
+  easy = config_lib.synthetic_params(config_lib.synthetic_demo_config("easy"))
+  assert synthetic.SyntheticParams.from_kwargs(**easy).config_name == "k6_21ac72733b"
+  assert synthetic.SyntheticParams.from_kwargs(polarity="light_object").config_name != base.config_name
+  with pytest.raises(ValueError, match="polarity"):
+    synthetic_render.RenderParams(polarity="dark")
+
+
 def test_object_scale_knob_changes_box_sizes():
   small = synthetic_render.RenderParams(object_scale=(0.2, 0.25))
   large = synthetic_render.RenderParams(object_scale=(0.7, 0.8))
@@ -151,7 +173,7 @@ def test_config_defaults_are_the_dataset_defaults():
   assert params == synthetic.SyntheticParams()
 
 
-@pytest.mark.parametrize("difficulty", ["easy", "default", "hard"])
+@pytest.mark.parametrize("difficulty", ["easy", "easy_light", "default", "hard"])
 def test_difficulty_presets_are_valid_and_distinct(difficulty):
   cfg = config_lib.synthetic_demo_config(difficulty)
   assert cfg.image_size == 64 and cfg.resize_size == 72
@@ -159,7 +181,7 @@ def test_difficulty_presets_are_valid_and_distinct(difficulty):
   names = {d: synthetic.SyntheticParams.from_kwargs(
       **config_lib.synthetic_params(config_lib.synthetic_demo_config(d))).config_name
            for d in config_lib.SYNTHETIC_PRESETS}
-  assert len(set(names.values())) == 3 and params.config_name == names[difficulty]
+  assert len(set(names.values())) == 4 and params.config_name == names[difficulty]
   with pytest.raises(ValueError, match="difficulty"):
     config_lib.synthetic_demo_config("impossible")
 

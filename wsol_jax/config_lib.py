@@ -247,8 +247,9 @@ def set_synthetic_data(c: ml_collections.ConfigDict, image_size: int = 64,
   """The wsol_jax synthetic dataset (generated on first use), at a CPU-sized resolution.
 
   ``difficulty`` picks a preset of ``wsol_jax.data.config.SYNTHETIC_PRESETS``: 'easy'
-  (upright, untextured shapes, little clutter) is what a tiny model learns on a CPU in
-  minutes; 'default' and 'hard' add rotation, stretch, textures and clutter.
+  (upright, untextured shapes, little clutter) is what a tiny CNN learns on a CPU in
+  minutes, 'easy_light' (light objects on dark backgrounds) what a tiny ViT does;
+  'default' and 'hard' add rotation, stretch, textures and clutter.
   """
   if difficulty not in data_config.SYNTHETIC_PRESETS:
     raise ValueError(f"difficulty must be one of {sorted(data_config.SYNTHETIC_PRESETS)}")
@@ -266,16 +267,18 @@ def set_synthetic_vit(c: ml_collections.ConfigDict) -> None:
   """A tiny DeiT trained from scratch at 64×64 (8×8 patches of 8 px) on the synthetic data.
 
   Demo choices, not a paper recipe: width 128, depth 4, AdamW 1e-3 (wd 0.05), cosine
-  schedule after a 1-epoch warm-up, batch 32, no stochastic depth.
+  schedule after a 1-epoch warm-up, batch 32, 6 epochs, no stochastic depth. Data: the
+  'easy_light' preset (light objects on dark backgrounds): on 'easy', where object and
+  background take any colour, this ViT's loss stays at chance for ~900 steps.
   """
-  set_synthetic_data(c, image_size=64)
+  set_synthetic_data(c, image_size=64, difficulty="easy_light")
   c.model.name = "deit_tiny_patch16_224"
   c.model.kwargs = dict(img_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4)
   c.model.drop_path_rate = 0.0
   c.optimizer.update(dict(name="adamw", lr=1e-3, weight_decay=0.05))
   c.schedule.update(dict(name="cosine", warmup_epochs=1))
-  c.training.update(dict(batch_size=32, num_epochs=12, log_every_steps=10))
-  c.eval.update(dict(every_epochs=3, batch_size=64, num_overlays=6))
+  c.training.update(dict(batch_size=32, num_epochs=6, log_every_steps=10))
+  c.eval.update(dict(every_epochs=2, batch_size=64, num_overlays=6))
   c.checkpoint.every_steps = 500
 
 

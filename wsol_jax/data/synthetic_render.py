@@ -98,6 +98,11 @@ class RenderParams:
     clutter: multiplier of the number of background lines, scribbles, blobs.
     noise_std: std of the Gaussian pixel noise added to the whole image.
     min_contrast: minimal RGB distance between object and background colours.
+    polarity: 'any' (object and background colours anywhere in the RGB cube) or
+      'light_object' (background colours in [0, 110), object colours in [150, 256)
+      per channel; distractors keep any colour). Shape remains the only class cue;
+      'light_object' spares a model the search for which colour is the object, which
+      a tiny ViT trained from scratch cannot do within a CPU demo's budget.
   """
   num_classes: int = 6
   min_size: int = 96
@@ -109,6 +114,7 @@ class RenderParams:
   clutter: float = 0.5
   noise_std: float = 2.0
   min_contrast: float = 90.0
+  polarity: str = "any"
 
   def __post_init__(self):
     if not 2 <= self.num_classes <= len(SHAPE_NAMES):
@@ -116,6 +122,8 @@ class RenderParams:
     if not 8 * MARGIN <= self.min_size <= self.max_size:
       raise ValueError(f"need {8 * MARGIN} <= min_size <= max_size, got "
                        f"{self.min_size}, {self.max_size}")
+    if self.polarity not in POLARITIES:
+      raise ValueError(f"polarity must be one of {list(POLARITIES)}, got {self.polarity!r}")
     lo, hi = self.object_scale
     if not 0 < lo <= hi <= 1:
       raise ValueError(f"object_scale must satisfy 0 < lo <= hi <= 1, got {self.object_scale}")
@@ -126,15 +134,22 @@ def class_names(num_classes: int) -> list[str]:
   return list(SHAPE_NAMES[:num_classes])
 
 
-def _random_colour(rng: np.random.Generator) -> np.ndarray:
-  return rng.integers(0, 256, 3).astype(np.float32)
+# Per-channel colour ranges [lo, hi) of (background, object) for each polarity.
+POLARITIES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "any": ((0, 256), (0, 256)),
+    "light_object": ((0, 110), (150, 256)),
+}
+
+
+def _random_colour(rng: np.random.Generator, span: tuple[int, int] = (0, 256)) -> np.ndarray:
+  return rng.integers(span[0], span[1], 3).astype(np.float32)
 
 
 def _contrasting_colour(rng: np.random.Generator, refs: Sequence[np.ndarray],
-                        min_dist: float) -> np.ndarray:
+                        min_dist: float, span: tuple[int, int] = (0, 256)) -> np.ndarray:
   best, best_d = None, -1.0
   for _ in range(64):
-    c = _random_colour(rng)
+    c = _random_colour(rng, span)
     d = min(float(np.linalg.norm(c - r)) for r in refs)
     if d >= min_dist:
       return c
@@ -143,12 +158,14 @@ def _contrasting_colour(rng: np.random.Generator, refs: Sequence[np.ndarray],
   return best
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def _background(rng: np.random.Generator, h: int, w: int, span: tuple[int, int] = (0, 256)
+                ) -> tuple[np.ndarray, list[np.ndarray]]:
   """Linear or radial two-colour gradient with soft blotches, (H, W, 3) uint8, plus its colours.
 
-  Built on a coarse grid (one node per ~16 px) and upsampled bilinearly.
+  Built on a coarse grid (one node per ~16 px) and upsampled bilinearly; colours per
+  channel in ``span``.
   """
-  c0, c1 = _random_colour(rng), _random_colour(rng)
+  c0, c1 = _random_colour(rng, span), _random_colour(rng, span)
   gh, gw = h // 16 + 2, w // 16 + 2
   y = np.linspace(0, h, gh, dtype=np.float32)[:, None]
   x = np.linspace(0, w, gw, dtype=np.float32)[None, :]
@@ -273,7 +290,8 @@ def render_example(rng: np.random.Generator, params: RenderParams) -> Example:
   h = int(rng.integers(params.min_size, params.max_size + 1))
   w = int(rng.integers(params.min_size, params.max_size + 1))
   label = int(rng.integers(0, params.num_classes))
-  bg, bg_colours = _background(rng, h, w)
+  bg_span, object_span = POLARITIES[params.polarity]
+  bg, bg_colours = _background(rng, h, w, bg_span)
   canvas = Image.fromarray(bg)
   _draw_clutter(rng, canvas, params.clutter)
 
@@ -286,8 +304,8 @@ def render_example(rng: np.random.Generator, params: RenderParams) -> Example:
   if not mask.any():  # degenerate rasterisation: retry with fresh randomness
     return render_example(rng, params)
 
-  c1 = _contrasting_colour(rng, bg_colours, params.min_contrast)
-  c2 = _contrasting_colour(rng, bg_colours + [c1], params.min_contrast / 2)
+  c1 = _contrasting_colour(rng, bg_colours, params.min_contrast, object_span)
+  c2 = _contrasting_colour(rng, bg_colours + [c1], params.min_contrast / 2, object_span)
   image = np.array(canvas)
   rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
   y0, y1 = int(np.argmax(rows)), int(h - np.argmax(rows[::-1]))
