@@ -49,7 +49,7 @@ class Checkpointer:
     """Saves the training state (and the data iterator's ``get_state()``) at ``step``."""
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
-      items["data"] = ocp.args.JsonSave(_encode_iterator_state(data_iterator.get_state()))
+      items["data"] = ocp.args.JsonSave(_all_process_states(data_iterator.get_state()))
     self.latest.save(step, args=ocp.args.Composite(**items), force=True)
     if wait:
       self.latest.wait_until_finished()
@@ -66,7 +66,7 @@ class Checkpointer:
       items["data"] = ocp.args.JsonRestore()
     restored = self.latest.restore(step, args=ocp.args.Composite(**items))
     if data_iterator is not None:
-      data_iterator.set_state(_decode_iterator_state(restored["data"]))
+      data_iterator.set_state(_decode_iterator_state(_this_process_state(restored["data"], step)))
     return restored["state"]
 
   # -- best -----------------------------------------------------------------------------------
@@ -119,6 +119,34 @@ def _encode_iterator_state(state: Any) -> Any:
   if isinstance(state, (bytes, bytearray)):
     return {"json_bytes": json.loads(state.decode("utf-8"))}
   return {"json": state}
+
+
+def _all_process_states(state: Any) -> dict[str, Any]:
+  """This process's encoded iterator state; with several processes, every process's (each
+  reads its own shard of the data), gathered so that the primary process writes them all."""
+  encoded = _encode_iterator_state(state)
+  if jax.process_count() == 1:
+    return encoded
+  from jax.experimental import multihost_utils
+  blob = np.frombuffer(json.dumps(encoded).encode("utf-8"), np.uint8)
+  longest = int(np.max(multihost_utils.process_allgather(np.array([blob.size]))))
+  padded = np.zeros(longest, np.uint8)
+  padded[:blob.size] = blob
+  rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(jax.process_count(), -1)
+  return {"processes": [json.loads(bytes(r).rstrip(b"\0").decode("utf-8")) for r in rows]}
+
+
+def _this_process_state(saved: dict[str, Any], step: int) -> dict[str, Any]:
+  if "processes" not in saved:
+    if jax.process_count() > 1:
+      raise ValueError(f"checkpoint {step} holds one process's data iterator state; it cannot "
+                       f"resume a run with {jax.process_count()} processes")
+    return saved
+  states = saved["processes"]
+  if len(states) != jax.process_count():
+    raise ValueError(f"checkpoint {step} was written by {len(states)} processes; resume it with "
+                     f"{len(states)} processes, not {jax.process_count()}")
+  return states[jax.process_index()]
 
 
 def _decode_iterator_state(saved: dict[str, Any]) -> Any:

@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
 import sys
 import time
 from typing import Any, Mapping, Sequence
 
+import jax
+
 log = logging.getLogger("wsol_jax")
 
 
 def setup_logging(workdir: pathlib.Path | None = None) -> None:
-  """Logs INFO to stderr and, with a workdir, to ``workdir/train.log``."""
+  """Logs INFO to stderr and, with a workdir, to ``workdir/train.log`` (``train.<p>.log``
+  for process p > 0 of a multi-process run)."""
   root = logging.getLogger("wsol_jax")
   if root.handlers:
     return
@@ -23,7 +27,8 @@ def setup_logging(workdir: pathlib.Path | None = None) -> None:
   handler.setFormatter(fmt)
   root.addHandler(handler)
   if workdir is not None:
-    fh = logging.FileHandler(pathlib.Path(workdir) / "train.log")
+    p = jax.process_index()
+    fh = logging.FileHandler(pathlib.Path(workdir) / ("train.log" if p == 0 else f"train.{p}.log"))
     fh.setFormatter(fmt)
     root.addHandler(fh)
 
@@ -33,8 +38,11 @@ class MetricWriter:
 
   def __init__(self, workdir: pathlib.Path):
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
-    self._file = self.path.open("a")
     self._tb = None
+    if jax.process_index() != 0:  # multi-process runs: process 0 writes for all
+      self._file = open(os.devnull, "w")
+      return
+    self._file = self.path.open("a")
     try:
       from tensorboardX import SummaryWriter  # optional
       self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))

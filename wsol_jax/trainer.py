@@ -168,7 +168,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   steps_per_epoch, num_epochs, total_steps = _schedule_length(config, len(train_iter.source))
   schedule = optim.make_schedule(config, steps_per_epoch, num_epochs)
   writer = reporting.MetricWriter(workdir)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
   # State: built once abstractly (for restore and shardings), then created or restored.
   labels_fn = method.param_labels
@@ -269,7 +270,9 @@ def _finish(method, config, checkpointer, writer, state, step, mesh, workdir) ->
     variables, selected_step = jax.tree_util.tree_map(np.asarray, best[0]), best[1]
   meta = method.export_meta()
   meta["selected_step"] = int(selected_step)
-  pretrained_lib.save_pretrained(workdir / "export", variables, meta, overwrite=True)
+  primary = jax.process_index() == 0  # multi-process runs: process 0 writes the files
+  if primary:
+    pretrained_lib.save_pretrained(workdir / "export", variables, meta, overwrite=True)
   results: dict[str, Any] = {"selected_step": int(selected_step), "final_step": int(step)}
   if config.eval.test_at_end and config.data.test_split:
     tester = evaluator_lib.LocalizationEvaluator(method, config, config.data.test_split, mesh,
@@ -278,9 +281,11 @@ def _finish(method, config, checkpointer, writer, state, step, mesh, workdir) ->
     baseline = dict(tester.run_baseline())
     writer.write_eval(step, config.data.test_split, test)
     writer.write_eval(step, config.data.test_split + "/center_gaussian", baseline)
-    tester.write_overlays(variables, workdir / "overlays", int(config.eval.num_overlays))
+    if primary:
+      tester.write_overlays(variables, workdir / "overlays", int(config.eval.num_overlays))
+      reporting.print_summary(config, test, baseline)
     results["test"] = test
     results["center_gaussian"] = baseline
-    reporting.print_summary(config, test, baseline)
-  ckpt_lib.write_json(workdir / "results.json", results)
+  if primary:
+    ckpt_lib.write_json(workdir / "results.json", results)
   return results

@@ -43,6 +43,29 @@ from wsol_jax.maps import postprocess
 
 log = logging.getLogger("wsol_jax.eval")
 
+# Host batch fields the metrics read (the rest, e.g. image ids, stay process-local).
+_GATHERED_FIELDS = ("label", "boxes", "valid", "index", "mask")
+
+
+def _to_host(x: Any) -> np.ndarray | None:
+  """A device array as a full host array; in multi-process runs gathered from every process."""
+  if x is None:
+    return None
+  if getattr(x, "is_fully_addressable", True) or getattr(x, "is_fully_replicated", False):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _gather_host_batch(batch: dict[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Any]:
+  """Multi-process runs: each process reads its own rows of a split. The metric fields
+  of all processes, assembled like the images (``sharding.global_batch``), so their rows
+  line up with the gathered maps. A single process gets its batch back unchanged."""
+  if jax.process_count() == 1:
+    return batch
+  fields = {k: batch[k] for k in _GATHERED_FIELDS if k in batch}
+  return {**batch, **{k: _to_host(v) for k, v in sharding.global_batch(fields, mesh).items()}}
+
 
 class LocalizationEvaluator:
   """Box, classification (and pixel) metrics of a method on one split."""
@@ -135,10 +158,11 @@ class LocalizationEvaluator:
                disable=not self.progress)
     for batch, (maps, top5_idx, topk_maps), arrays in self._batches(variables):
       bar.update(1)
+      batch = _gather_host_batch(batch, self.mesh)
       valid = np.asarray(batch["valid"], bool)
-      maps = np.asarray(maps, np.float64)
+      maps = _to_host(maps).astype(np.float64)
       labels = np.asarray(batch["label"])
-      top5_idx = np.asarray(top5_idx)
+      top5_idx = _to_host(top5_idx)
       best_v2 = v2.update(maps, batch["boxes"], valid)
       best_v1 = v1.update(maps, batch["boxes"], valid)
       correct1 = top5_idx[:, 0] == labels
@@ -152,7 +176,7 @@ class LocalizationEvaluator:
         pxap.update(maps, np.asarray(batch["mask"]), valid)
       if active:
         ctx = protocols_lib.BatchContext(
-            maps=maps, topk_maps=None if topk_maps is None else np.asarray(topk_maps, np.float64),
+            maps=maps, topk_maps=None if topk_maps is None else _to_host(topk_maps).astype(np.float64),
             top5=top5_idx, labels=labels, boxes=np.asarray(batch["boxes"]), valid=valid,
             normalized_images=lambda a=arrays: self._normalize(a["image"]))
         for protocol in active:
@@ -190,7 +214,7 @@ class LocalizationEvaluator:
     correct2 = np.zeros((len(self.iou_thresholds), len(thresholds)), np.int64)
     correct1 = np.zeros(len(thresholds), np.int64)
     n = 0
-    for batch in self.iterator:
+    for batch in (_gather_host_batch(b, self.mesh) for b in self.iterator):
       for gt, ok in zip(np.asarray(batch["boxes"]), np.asarray(batch["valid"], bool)):
         if not ok:
           continue

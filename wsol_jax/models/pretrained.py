@@ -38,7 +38,10 @@ def save_pretrained(out_dir: str | os.PathLike, variables: dict[str, Any], meta:
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
   try:
-    ckptr = ocp.StandardCheckpointer()
+    # Only this process writes (a multi-process trainer exports from process 0 alone).
+    me = jax.process_index()
+    ckptr = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"export{me}"))
     ckptr.save(tmp / VARIABLES_DIR, jax.tree_util.tree_map(np.asarray, variables))
     ckptr.wait_until_finished()
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
