@@ -8,6 +8,8 @@ baseline; overlays go to WORKDIR/overlays. Model and recipe (not the paper's, se
 ``cam_cub.py``): ``config_lib.set_synthetic_resnet`` — ResNet-50 layout with one Bottleneck
 per stage at width 16, output stride 8 (wsolevaluation's ``large_feature_map``), SGD.
 Variant ``smoke``: a few steps (tests).
+
+Expected test MaxBoxAccV2: 46.28 (center-Gaussian 28.94).
 """
 from wsol_jax import config_lib
 

@@ -9,6 +9,8 @@ WORKDIR/overlays. Model and recipe (not the paper's, see ``rfga_cub.py``):
 ``config_lib.set_synthetic_resnet`` plus the paper's module (second sigmoid, residual,
 full C → C h/w convs, k = 3), one lr for all layers. Variants: ``moana`` (MoANA module
 reading: no second sigmoid), ``smoke`` (a few steps, tests).
+
+Expected test MaxBoxAccV2: 52.00 (center-Gaussian 28.94; 12.2 min on 2 cores).
 """
 from wsol_jax import config_lib
 
