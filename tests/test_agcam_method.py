@@ -160,7 +160,10 @@ def test_export_works_with_the_explain_cli(trained, kind, tmp_path):
                 for f in files])
   ref, _ = m.maps(variables, postprocess.normalize_images(x, m.mean, m.std),
                   jnp.ones(2, jnp.int32), kind=kind)
-  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6 * float(np.abs(ref).max()))
+  # LRP divides by near-zero relevance sums: float32 reordering between the CLI's jit and this
+  # one moves its smallest values by ~1e-5 of the map's maximum.
+  scale = (1e-4 if kind == "lrp" else 1e-6) * float(np.abs(ref).max())
+  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=scale)
 
 
 @pytest.mark.slow
