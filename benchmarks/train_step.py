@@ -7,6 +7,10 @@ For each method: images/s of the full jitted train step (forward, backward, opti
 update), the step's FLOPs from XLA's cost analysis, the achieved FLOP/s and its fraction
 of the fp32 matmul rate measured here (a large square matmul), and each method's step
 time relative to TS-CAM's.
+
+Host malloc is configured as ``python -m wsol_jax.train`` configures it
+(``wsol_jax.host_memory``: freed memory stays in the process, so XLA:CPU's per-step
+buffers are not page-faulted again every step); ``--malloc default`` measures without.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsol_jax import config_lib, methods, optim, sharding
+from wsol_jax import config_lib, host_memory, methods, optim, sharding
 from wsol_jax import trainer
 
 SETUPS = {
@@ -75,8 +79,9 @@ def build(method_name: str, batch: int):
 
 
 def time_steps(step, state, batch, steps: int) -> float:
-  state, metrics = step(state, batch)  # warm-up (compiled already; first run allocates)
-  jax.block_until_ready(metrics)
+  for _ in range(2):  # warm-up: compiled already; the first runs allocate
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
   best = float("inf")
   for _ in range(steps):
     t = time.perf_counter()
@@ -91,10 +96,14 @@ def main() -> None:
   parser.add_argument("--methods", default="tscam,scm")
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                      help="keep: host_memory.keep_freed_host_memory() as the trainer does")
   args = parser.parse_args()
+  kept = args.malloc == "keep" and host_memory.keep_freed_host_memory()  # before JAX starts
   rate = matmul_rate()
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; fp32 matmul rate "
-        f"{rate / 1e9:.1f} GFLOP/s (2048^3, best of 10)")
+        f"{rate / 1e9:.1f} GFLOP/s (2048^3, best of 10); host malloc "
+        f"{'keeps freed memory' if kept else 'default'}")
   rows = []
   for name in args.methods.split(","):
     step, state, batch, flops = build(name, args.batch)

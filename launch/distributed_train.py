@@ -18,6 +18,8 @@ def _env_int(name):
 
 
 def main(argv):
+  from wsol_jax import host_memory
+  host_memory.keep_freed_host_memory()  # before JAX starts its CPU threads
   import jax
   jax.distributed.initialize(
       coordinator_address=os.environ.get("JAX_COORDINATOR_ADDRESS") or None,

@@ -16,7 +16,7 @@ import pathlib
 import sys
 from typing import Sequence
 
-from wsol_jax import config_lib
+from wsol_jax import config_lib, host_memory
 
 
 def check_variables(variables, expected) -> None:
@@ -50,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
+  host_memory.keep_freed_host_memory()  # before JAX starts its CPU threads
   import jax
 
   from wsol_jax import checkpoint, methods, reporting, sharding

@@ -33,7 +33,7 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from wsol_jax import viz
+from wsol_jax import host_memory, viz
 from wsol_jax.maps import postprocess
 # Names from the submodule: the package binds ``compute`` to the function.
 from wsol_jax.maps.compute import KINDS, jitted, upsample_method
@@ -218,6 +218,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
+  host_memory.keep_freed_host_memory()
   try:
     explainer = build_explainer(args.checkpoint, args.method)
     done = explain(explainer, args.images, args.out, target=args.target,

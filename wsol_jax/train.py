@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from wsol_jax import config_lib
+from wsol_jax import config_lib, host_memory
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -35,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  host_memory.keep_freed_host_memory()  # before JAX starts its CPU threads
   from wsol_jax import trainer  # imports JAX; after the config is known to be valid
   try:
     results = trainer.train_and_evaluate(config, args.workdir)
