@@ -30,9 +30,8 @@ def conv3x3_semantic_head(grid: jax.Array, num_classes: int, dtype: Any = jnp.fl
                           name: str = "head") -> jax.Array:
   """(B, h, w, D) patch grid -> semantic maps (B, h, w, C) (3×3 conv, stride 1, padding 1)."""
   fan_in = 9 * grid.shape[-1]
-  return nn.Conv(num_classes, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype,
-                 kernel_init=layers.torch_uniform_init(fan_in),
-                 bias_init=layers.torch_uniform_init(fan_in), name=name)(grid)
+  return layers.Conv3x3(num_classes, layers.torch_uniform_init(fan_in),
+                        layers.torch_uniform_init(fan_in), dtype, name=name)(grid)
 
 
 def class_map_head(features: jax.Array, num_classes: int, dtype: Any = jnp.float32,

@@ -103,11 +103,7 @@ class PatchEmbed(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
-    p = self.patch_size
-    fan_in = images.shape[-1] * p * p
-    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                kernel_init=layers.torch_uniform_init(fan_in),
-                bias_init=layers.torch_uniform_init(fan_in), name="proj")(images.astype(self.dtype))
+    x = layers.PatchConv(self.embed_dim, self.patch_size, self.dtype, name="proj")(images)
     return x.reshape(x.shape[0], -1, self.embed_dim)
 
 
@@ -150,10 +146,11 @@ class Attention(nn.Module):
       x = jax.lax.stop_gradient(x)
     qkv = _dense(3 * dim, "qkv", self.dtype, use_bias=self.qkv_bias)(x)
     # Heads-major (3, B, H, N, d) once: the batched attention dots then need no layout
-    # changes of their own, which XLA:CPU otherwise places on the slow backward dots
-    # (fwd+bwd of an attention layer of DeiT-S at B=32: 450 -> 360 ms).
+    # changes of their own, which XLA:CPU otherwise places on the slow backward dots.
+    # A split (not indexing) so that the backward concatenates dq, dk, dv instead of
+    # zero-padding each to the full size and adding the three.
     qkv = qkv.reshape(b, n, 3, h, d).transpose(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, N, d)
+    q, k, v = (t[0] for t in jax.lax.split(qkv, (1, 1, 1), axis=0))  # (B, H, N, d)
     scores = jnp.einsum("bhqd,bhkd->bhqk", q * (d ** -0.5), k)
     attn = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype)
     if delta is not None:
