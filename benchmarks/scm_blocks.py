@@ -10,14 +10,12 @@ XLA cost-analysis FLOPs of every compiled function::
 Timings interleave the variants (round-robin) and report the median and the
 minimum of ``--repeats`` runs after one warm-up call, so load from other
 processes affects every variant alike. FLOPs come from XLA's cost analysis of the
-lowered (pre-optimisation) HLO with every ``lax.scan`` unrolled: the cost analysis
-counts a while-loop body once, whatever its trip count.
+lowered (pre-optimisation) HLO; the ADB iterations are unrolled Python loops, so every
+iteration is counted (a while-loop body would be counted once).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import statistics
 import time
@@ -43,21 +41,9 @@ def make_config(method: str, args: argparse.Namespace, impl: str = "stencil") ->
   return c
 
 
-@contextlib.contextmanager
-def unrolled_scans():
-  """Traces every ``jax.lax.scan`` fully unrolled (for FLOP counting only)."""
-  original = jax.lax.scan
-  jax.lax.scan = functools.partial(original, unroll=True)
-  try:
-    yield
-  finally:
-    jax.lax.scan = original
-
-
 def flops(fn: Callable, *args: Any) -> float:
-  """FLOPs of ``jax.jit(fn)(*args)``: cost analysis of the lowered HLO, scans unrolled."""
-  with unrolled_scans():
-    cost = jax.jit(fn).lower(*args).cost_analysis()
+  """FLOPs of ``jax.jit(fn)(*args)``: XLA's cost analysis of the lowered HLO."""
+  cost = jax.jit(fn).lower(*args).cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost.get("flops", float("nan"))) if cost else float("nan")

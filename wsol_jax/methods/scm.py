@@ -331,27 +331,25 @@ def _stencil_add(a: Stencil, b: Stencil, sign: float = 1.0) -> Stencil:
 
 
 def _ns_stencil_forward(m: Stencil, iterations: int, alpha: float, precision: Any
-                        ) -> tuple[Stencil, jax.Array]:
-  """X₀ = α·Mᵀ (a constant stencil; Mᵀ = M) and the dense iterates X_1..X_{K−1}, (K−1, B, N, N).
+                        ) -> tuple[Stencil, tuple[jax.Array, ...]]:
+  """X₀ = α·Mᵀ (a constant stencil; Mᵀ = M) and the dense iterates X_1..X_{K−1}, each (B, N, N).
 
   X_K itself is never needed as a matrix: X_Kᵀ v = Y_{K−1}ᵀ X_{K−1}ᵀ v is two products
-  with vectors (``_apply_last``).
+  with vectors (``_apply_last``). The iterations are unrolled (K is static and small): a
+  ``lax.scan`` would zero-fill and copy a stacked (K−1, B, N, N) buffer every step.
   """
   x0 = jax.tree_util.tree_map(jax.lax.stop_gradient, stencil_scale(m, alpha))
-  b, h, w = m.center.shape
-  eye = jnp.eye(h * w, dtype=m.center.dtype)
   if iterations == 1:
-    return x0, jnp.zeros((0, b, h * w, h * w), m.center.dtype)
-  x1 = stencil_apply(x0, 2 * eye - stencil_apply(m, stencil_dense(x0)))  # X₀ (2I − M X₀)
+    return x0, ()
+  n = m.center.shape[-1] * m.center.shape[-2]
+  eye = jnp.eye(n, dtype=m.center.dtype)
+  xs = [stencil_apply(x0, 2 * eye - stencil_apply(m, stencil_dense(x0)))]  # X₀ (2I − M X₀)
+  for _ in range(iterations - 2):
+    xs.append(jnp.matmul(xs[-1], 2 * eye - stencil_apply(m, xs[-1]), precision=precision))
+  return x0, tuple(xs)
 
-  def step(x, _):
-    x = jnp.matmul(x, 2 * eye - stencil_apply(m, x), precision=precision)
-    return x, x
-  _, rest = jax.lax.scan(step, x1, length=iterations - 2)
-  return x0, jnp.concatenate([x1[None], rest], axis=0)
 
-
-def _apply_x(x0: Stencil, xs: jax.Array, k: int, v: jax.Array, transpose: bool,
+def _apply_x(x0: Stencil, xs: tuple[jax.Array, ...], k: int, v: jax.Array, transpose: bool,
              precision: Any) -> jax.Array:
   """X_k v or X_kᵀ v for v (B, N, r) (X₀ is the symmetric stencil α·M)."""
   if k == 0:
@@ -360,10 +358,10 @@ def _apply_x(x0: Stencil, xs: jax.Array, k: int, v: jax.Array, transpose: bool,
   return jnp.matmul(x, v, precision=precision)
 
 
-def _apply_last(m: Stencil, x0: Stencil, xs: jax.Array, v: jax.Array, transpose: bool,
+def _apply_last(m: Stencil, x0: Stencil, xs: tuple[jax.Array, ...], v: jax.Array, transpose: bool,
                 precision: Any) -> jax.Array:
   """X_K v or X_Kᵀ v with X_K = X_{K−1} Y_{K−1}, Y_{K−1} = 2I − M X_{K−1} (Mᵀ = M)."""
-  k = xs.shape[0]
+  k = len(xs)
   if transpose:  # Y_{K−1}ᵀ (X_{K−1}ᵀ v) = 2a − X_{K−1}ᵀ M a
     a = _apply_x(x0, xs, k, v, True, precision)
     return 2 * a - _apply_x(x0, xs, k, stencil_apply(m, a), True, precision)
@@ -393,7 +391,7 @@ def _diffuse_fwd(m, f, iterations, alpha, precision):
   return f_tilde, (m, f, x0, xs)
 
 
-def _low_rank_steps(m: Stencil, x0: Stencil, xs: jax.Array, u: jax.Array, v: jax.Array,
+def _low_rank_steps(m: Stencil, x0: Stencil, xs: tuple[jax.Array, ...], u: jax.Array, v: jax.Array,
                     precision: Any) -> tuple[int, jax.Array, jax.Array, Stencil]:
   """Backward steps K−1, K−2, ... while ∂L/∂X_{k+1} = U Vᵀ has rank r ≤ N/2.
 
@@ -401,7 +399,7 @@ def _low_rank_steps(m: Stencil, x0: Stencil, xs: jax.Array, u: jax.Array, v: jax
   """
   n = u.shape[-2]
   grad_m = jax.tree_util.tree_map(jnp.zeros_like, m)
-  k = xs.shape[0]
+  k = len(xs)
   while k >= 0 and 2 * u.shape[-1] <= n:
     a = _apply_x(x0, xs, k, u, True, precision)                # Xᵀ U
     wv = _apply_x(x0, xs, k, v, False, precision)              # X V
@@ -413,20 +411,16 @@ def _low_rank_steps(m: Stencil, x0: Stencil, xs: jax.Array, u: jax.Array, v: jax
   return k, u, v, grad_m
 
 
-def _dense_steps(m: Stencil, xs: jax.Array, g: jax.Array, grad_m: Stencil, last: int,
+def _dense_steps(m: Stencil, xs: tuple[jax.Array, ...], g: jax.Array, grad_m: Stencil, last: int,
                  precision: Any) -> tuple[jax.Array, Stencil]:
-  """Backward steps ``last``, ..., 1 with a dense ∂L/∂X_{k+1} (a scan over X_last..X_1)."""
+  """Backward steps ``last``, ..., 1 with a dense ∂L/∂X_{k+1} (unrolled over X_last..X_1)."""
   eye = jnp.eye(g.shape[-1], dtype=g.dtype)
   mm = functools.partial(jnp.matmul, precision=precision)
-
-  def step(carry, x):
-    g, grad_m = carry
-    y_bar = mm(jnp.swapaxes(x, -1, -2), g)                  # Ȳ = Xᵀ Ḡ
+  for x in reversed(xs[:last]):
+    y_bar = mm(jnp.swapaxes(x, -1, -2), g)                   # Ȳ = Xᵀ Ḡ
     y = 2 * eye - stencil_apply(m, x)
     grad_m = _stencil_add(grad_m, _coeff_grad(x, y_bar, m), -1.0)  # M̄ −= Ȳ Xᵀ
-    return (mm(g, jnp.swapaxes(y, -1, -2)) - stencil_apply(m, y_bar), grad_m), None
-  if last >= 1:
-    (g, grad_m), _ = jax.lax.scan(step, (g, grad_m), xs[:last][::-1])
+    g = mm(g, jnp.swapaxes(y, -1, -2)) - stencil_apply(m, y_bar)
   return g, grad_m
 
 
