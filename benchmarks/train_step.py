@@ -5,8 +5,10 @@
 
 For each method: images/s of the full jitted train step (forward, backward, optimizer
 update), the step's FLOPs from XLA's cost analysis, the achieved FLOP/s and its fraction
-of the fp32 matmul rate measured here (a large square matmul), and each method's step
-time relative to TS-CAM's.
+of the fp32 matmul rate measured here (a large square matmul), and each method's median
+step time relative to TS-CAM's. The methods' steps and the matmul measurement are
+interleaved round by round: on a shared VM the speed drifts by 10–20 % over minutes,
+and two separately timed runs would inherit that drift.
 
 Host malloc is configured as ``python -m wsol_jax.train`` configures it
 (``wsol_jax.host_memory``: freed memory stays in the process, so XLA:CPU's per-step
@@ -15,6 +17,7 @@ buffers are not page-faulted again every step); ``--malloc default`` measures wi
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import jax
@@ -78,46 +81,64 @@ def build(method_name: str, batch: int):
   return step, state, batch_dev, float(cost["flops"]) * mesh.devices.size
 
 
-def time_steps(step, state, batch, steps: int) -> float:
-  for _ in range(2):  # warm-up: compiled already; the first runs allocate
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-  best = float("inf")
-  for _ in range(steps):
+def time_round_robin(setups: dict[str, tuple], rounds: int, warmup: int = 2
+                     ) -> tuple[dict[str, list[float]], list[float]]:
+  """Step times of every method ``{name: (step, state, batch)}`` and matmul rates, interleaved.
+
+  Every round measures the matmul rate and then one step of each method, so slow and
+  fast periods of a shared machine affect all of them alike (ratios are taken per round).
+  """
+  states = {name: state for name, (_, state, _) in setups.items()}
+
+  def run(name: str) -> float:
+    step, _, batch = setups[name]
     t = time.perf_counter()
-    state, metrics = step(state, batch)
+    states[name], metrics = step(states[name], batch)
     jax.block_until_ready(metrics)
-    best = min(best, time.perf_counter() - t)
-  return best
+    return time.perf_counter() - t
+
+  for _ in range(warmup):  # compiled already; the first runs allocate
+    for name in setups:
+      run(name)
+  times = {name: [] for name in setups}
+  rates = []
+  for _ in range(rounds):
+    rates.append(matmul_rate(repeats=3))
+    for name in setups:
+      times[name].append(run(name))
+  return times, rates
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--methods", default="tscam,scm")
   parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=5, help="timed rounds (after 2 warm-ups)")
   parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
                       help="keep: host_memory.keep_freed_host_memory() as the trainer does")
   args = parser.parse_args()
   kept = args.malloc == "keep" and host_memory.keep_freed_host_memory()  # before JAX starts
-  rate = matmul_rate()
+  names = args.methods.split(",")
+  built = {name: build(name, args.batch) for name in names}
+  times, rates = time_round_robin({n: b[:3] for n, b in built.items()}, args.steps)
+  rate = max(rates)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; fp32 matmul rate "
-        f"{rate / 1e9:.1f} GFLOP/s (2048^3, best of 10); host malloc "
+        f"{rate / 1e9:.1f} GFLOP/s (2048^3, best of {3 * args.steps}, "
+        f"median {statistics.median(rates) / 1e9:.1f}); host malloc "
         f"{'keeps freed memory' if kept else 'default'}")
-  rows = []
-  for name in args.methods.split(","):
-    step, state, batch, flops = build(name, args.batch)
-    dt = time_steps(step, state, batch, args.steps)
-    rows.append((name, SETUPS[name][0], SETUPS[name][1], dt, flops))
-    del step, state, batch
-  base = {r[0]: r[3] for r in rows}.get("tscam")
-  print(f"{'method':<8}{'model':<24}{'size':>5}{'step s':>9}{'img/s':>8}{'GFLOP/step':>12}"
-        f"{'GFLOP/s':>9}{'of matmul':>11}{'vs TS-CAM':>11}")
-  for name, model, size, dt, flops in rows:
-    ratio = f"{dt / base:.3f}" if base else "-"
-    print(f"{name:<8}{model:<24}{size:>5}{dt:>9.3f}{args.batch / dt:>8.1f}{flops / 1e9:>12.1f}"
-          f"{flops / dt / 1e9:>9.1f}{flops / dt / rate:>10.1%}{ratio:>11}")
-
+  print(f"{args.steps} rounds, each: the matmul rate (best of 3), then one step of every method.\n"
+        f"best/median: step time; of matmul: best step vs best matmul, and the median over rounds "
+        f"of each round's step vs that round's matmul; vs TS-CAM: ratio of median step times")
+  print(f"{'method':<8}{'model':<24}{'size':>5}{'best s':>8}{'median s':>9}{'img/s':>7}"
+        f"{'GFLOP/step':>11}{'GFLOP/s':>9}{'of matmul':>10}{'(paired)':>9}{'vs TS-CAM':>10}")
+  for name in names:
+    ts, flops = times[name], built[name][3]
+    best, med = min(ts), statistics.median(ts)
+    paired = statistics.median(flops / t / r for t, r in zip(ts, rates))
+    ratio = f"{med / statistics.median(times['tscam']):.3f}" if "tscam" in times else "-"
+    print(f"{name:<8}{SETUPS[name][0]:<24}{SETUPS[name][1]:>5}{best:>8.3f}{med:>9.3f}"
+          f"{args.batch / best:>7.1f}{flops / 1e9:>11.1f}{flops / best / 1e9:>9.1f}"
+          f"{flops / best / rate:>10.1%}{paired:>9.1%}{ratio:>10}")
 
 if __name__ == "__main__":
   main()
