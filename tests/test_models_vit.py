@@ -92,6 +92,32 @@ def test_class_row_delta_gives_the_class_row_of_the_full_gradient():
   np.testing.assert_allclose(row[:, :, :, 0], full[:, :, :, 0], atol=1e-6)
 
 
+@pytest.mark.parametrize("delta_rows", [None, 1, 17])
+def test_class_row_capture_is_the_attention_row_with_the_same_gradient(delta_rows):
+  # ``attn_cls`` is evaluated on its own (so that its gradient skips the full softmax
+  # backward); values and parameter gradients must be those of ``attn[..., 0, :]``.
+  model, variables, x = _tiny()
+  rng = np.random.default_rng(1)
+  weights = jnp.asarray(rng.standard_normal((3, 2, 2, 17)), jnp.float32)
+  delta = None
+  if delta_rows is not None:
+    delta = 0.01 * jnp.asarray(rng.standard_normal((3, 2, 2, delta_rows, 17)), jnp.float32)
+
+  def row_of(name):
+    def f(params):
+      _, aux = model.apply({"params": params}, x, capture=(name,), attn_delta=delta)
+      return aux["attn_cls"] if name == "attn_cls" else aux["attn"][:, :, :, 0]
+    return f
+
+  np.testing.assert_allclose(row_of("attn_cls")(variables["params"]),
+                             row_of("attn")(variables["params"]), atol=1e-7, rtol=0)
+  grads = [jax.grad(lambda p, f=row_of(name): jnp.sum(weights * f(p)))(variables["params"])
+           for name in ("attn_cls", "attn")]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(a, b, atol=1e-6 * max(1.0, float(np.abs(b).max())), rtol=0)
+  assert max(float(np.abs(g).max()) for g in jax.tree.leaves(grads[0])) > 1e-3
+
+
 def test_stop_gradient_flag_changes_earlier_layers_only():
   model, variables, x = _tiny()
   zeros = jnp.zeros((3, 2, 2, 17, 17))

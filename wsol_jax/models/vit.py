@@ -13,6 +13,7 @@ The forward is a pure function of (params, images, flags, rng)::
   ============== ========================= ==========================================
   ``attn``       (L, B, H, N, N)           post-softmax attention probabilities
   ``attn_cls``   (L, B, H, N)              their class-token query row ``attn[..., 0, :]``
+                                           (evaluated on its own: equal up to rounding)
   ``scores``     (L, B, H, N, N)           scaled pre-softmax scores ``q·kᵀ/√d``
   ``scores_cls`` (L, B, H, N)              their class-token row
   ``tokens``     (B, N, D)                 final tokens after the last LayerNorm
@@ -138,7 +139,10 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool, delta: jax.Array | None,
-               stop_grad_input: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+               stop_grad_input: bool, cls_row: bool = False
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(output, internals ``{'attn', 'scores'}`` (B, H, N, N), + ``'attn_cls'`` (B, H, N)
+    if ``cls_row``)."""
     b, n, dim = x.shape
     h = self.num_heads
     d = dim // h
@@ -152,17 +156,28 @@ class Attention(nn.Module):
     qkv = qkv.reshape(b, n, 3, h, d).transpose(2, 0, 3, 1, 4)
     q, k, v = (t[0] for t in jax.lax.split(qkv, (1, 1, 1), axis=0))  # (B, H, N, d)
     scores = jnp.einsum("bhqd,bhkd->bhqk", q * (d ** -0.5), k)
-    attn = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype)
-    if delta is not None:
-      if delta.shape[-2] == n:
-        attn = attn + delta.astype(attn.dtype)
-      else:  # class-token row only
-        attn = attn.at[:, :, :1, :].add(delta.astype(attn.dtype))
+    attn = _add_delta(jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype), delta)
     internals = {"attn": attn, "scores": scores}
+    if cls_row:
+      # The class-token row once more on its own (B·H·N·d work): a gradient into it (SCM's
+      # F⁰) then reaches q_cls and K directly, instead of as a (B, H, N, N) cotangent that
+      # is zero outside row 0 and passes through the whole softmax backward of every layer.
+      row = jnp.einsum("bhqd,bhkd->bhqk", q[:, :, :1] * (d ** -0.5), k)
+      row = jax.nn.softmax(row.astype(jnp.float32), axis=-1).astype(q.dtype)
+      internals["attn_cls"] = _add_delta(row, None if delta is None else delta[:, :, :1])[:, :, 0]
     attn = nn.Dropout(self.attn_drop, deterministic=not train)(attn)
     out = jnp.einsum("bhqk,bhkd->bhqd", attn, v).transpose(0, 2, 1, 3).reshape(b, n, dim)
     out = _dense(dim, "proj", self.dtype)(out)
     return nn.Dropout(self.proj_drop, deterministic=not train)(out), internals
+
+
+def _add_delta(attn: jax.Array, delta: jax.Array | None) -> jax.Array:
+  """attn (B, H, Nq, N) + delta (B, H, Nq or 1, N); a 1-row delta goes to row 0 only."""
+  if delta is None:
+    return attn
+  if delta.shape[-2] == attn.shape[-2]:
+    return attn + delta.astype(attn.dtype)
+  return attn.at[:, :, :1, :].add(delta.astype(attn.dtype))
 
 
 class Block(nn.Module):
@@ -179,12 +194,13 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool, delta: jax.Array | None,
-               stop_grad_input: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+               stop_grad_input: bool, cls_row: bool = False
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
     dim = x.shape[-1]
     y, internals = Attention(self.num_heads, self.qkv_bias, self.attn_drop, self.drop,
                              self.dtype, name="attn")(
                                  _layer_norm(self.norm_eps, "norm1", self.dtype)(x), train=train,
-                                 delta=delta, stop_grad_input=stop_grad_input)
+                                 delta=delta, stop_grad_input=stop_grad_input, cls_row=cls_row)
     x = x + DropPath(self.drop_path)(y, train)
     y = Mlp(int(dim * self.mlp_ratio), self.drop, self.dtype, name="mlp")(
         _layer_norm(self.norm_eps, "norm2", self.dtype)(x), train)
@@ -292,10 +308,13 @@ class VisionTransformer(nn.Module):
                            self.dtype, name=f"blocks_{i}")(
                                x, train=train,
                                delta=None if attn_delta is None else attn_delta[i],
-                               stop_grad_input=stop_grad_attn_input)
+                               stop_grad_input=stop_grad_attn_input,
+                               cls_row="attn_cls" in capture)
       for name in per_layer:
-        full = internals[name.removesuffix("_cls")]
-        per_layer[name].append(full[:, :, 0, :] if name.endswith("_cls") else full)
+        if name in internals:
+          per_layer[name].append(internals[name])
+        else:  # scores_cls
+          per_layer[name].append(internals[name.removesuffix("_cls")][:, :, 0, :])
 
     final_eps = self.norm_eps if self.final_norm_eps is None else self.final_norm_eps
     x = gradient_barrier(x)
