@@ -1,4 +1,6 @@
 """The papers' protocols as the evaluator drives them, on hand-made maps with known answers."""
+import pathlib
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -75,3 +77,22 @@ def test_build_skips_all_class_protocols_for_per_target_methods_and_rejects_unkn
   assert len(protocols.build(["tscam", "scm"], cfg, 10, True)) == 2
   with pytest.raises(ValueError, match="unknown evaluation protocol"):
     protocols.build(["gradcam"], cfg, 10, True)
+
+
+def test_abpc_in_a_multi_process_run_fails_before_any_training(tmp_path, monkeypatch):
+  config_file = pathlib.Path(__file__).resolve().parents[1] / "configs/agcam_synthetic.py"
+  cfg = config_lib.load(f"{config_file}:smoke",
+                        [f"data.data_dir={tmp_path / 'tfds'}"])
+  protocols.check_supported(("agcam",), cfg.eval)  # one process: fine
+  monkeypatch.setattr(protocols.jax, "process_count", lambda: 2)
+  with pytest.raises(ValueError, match=r"eval\.abpc.*single-process.*abpc=False"):
+    protocols.check_supported(("agcam",), cfg.eval)
+  cfg.eval.abpc = False
+  protocols.check_supported(("agcam",), cfg.eval)
+  cfg.eval.abpc = True
+  protocols.check_supported(("tscam", "scm"), cfg.eval)  # no ABPC there
+  from wsol_jax import trainer
+  with pytest.raises(ValueError, match=r"eval\.abpc"):
+    trainer.train_and_evaluate(cfg, tmp_path / "run")
+  assert not (tmp_path / "tfds").exists()  # failed before reading (or generating) any data
+  assert not [p for p in (tmp_path / "run").rglob("*") if p.is_dir()]  # no checkpoint folders

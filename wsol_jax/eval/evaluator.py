@@ -38,6 +38,7 @@ from wsol_jax import data as data_lib
 from wsol_jax import sharding
 from wsol_jax.eval import boxes as boxes_lib
 from wsol_jax.eval import iou as iou_lib
+from wsol_jax.eval import protocols as protocols_lib
 from wsol_jax.eval.box_accuracy import BoxAccuracy
 from wsol_jax.maps import postprocess
 
@@ -81,8 +82,9 @@ class LocalizationEvaluator:
       progress: show a progress bar over the batches.
     """
     self.method = method
-    names = tuple(config.eval.protocols) or tuple(method.eval_protocols)
+    names = protocols_lib.resolve_names(config.eval, method)
     self.protocol_names = names if protocols else ()
+    protocols_lib.check_supported(self.protocol_names, config.eval)
     self.protocols = bool(self.protocol_names)
     self.progress = progress
     self.config = config
@@ -146,7 +148,6 @@ class LocalizationEvaluator:
     loc_correct = np.zeros(len(v1.thresholds), np.int64)
     ious = []
     limit = int(self.config.eval.max_examples)
-    from wsol_jax.eval import protocols as protocols_lib
     active = protocols_lib.build(self.protocol_names, self.config.eval, self.method.num_classes,
                                  self.method.maps_all_classes)
     predict = jax.jit(lambda x: self.method.predict(variables, x))

@@ -169,6 +169,21 @@ PROTOCOLS: dict[str, type[Protocol]] = {
 }
 
 
+def resolve_names(eval_cfg: Any, method: Any) -> tuple[str, ...]:
+  """The protocols an evaluation runs: ``eval.protocols``, else the method's own."""
+  return tuple(eval_cfg.protocols) or tuple(method.eval_protocols)
+
+
+def check_supported(names, cfg: Any) -> None:
+  """Fails, before any compute, on protocol settings this run cannot evaluate."""
+  if "agcam" in names and bool(cfg.abpc) and jax.process_count() > 1:
+    raise ValueError(
+        "eval.abpc: AG-CAM's ABPC perturbation test runs in single-process evaluation only "
+        f"(this run has {jax.process_count()} processes). Set --config.eval.abpc=False here "
+        "and evaluate the exported model with one process: python -m wsol_jax.evaluate "
+        "--config ... --checkpoint WORKDIR/export")
+
+
 def build(names, cfg: Any, num_classes: int, all_classes: bool) -> list[Protocol]:
   """Protocol accumulators by name; those needing every class's maps are skipped otherwise."""
   out = []
