@@ -7,10 +7,11 @@ For each method: images/s of the full jitted train step (forward, backward, opti
 update), the step's FLOPs from XLA's cost analysis, the achieved FLOP/s and its fraction
 of the fp32 matmul rate measured here, and each method's median step time relative to
 TS-CAM's. The matmul rate is given twice: the fastest single 2048³ matmul (a burst of
-~0.1 s; the headline "of matmul") and the sustained rate of 8 back to back (on this
-2-core VM 20–30 % lower, and closer to what a ~10 s step can get). The methods' steps and the matmul measurement are
-interleaved round by round: on a shared VM the speed drifts by 10–20 % over minutes,
-and two separately timed runs would inherit that drift.
+~0.1 s; the headline "of matmul") and the sustained rate of ``MATMUL_RUNS`` back to
+back (on this 2-core VM 20–30 % lower, and closer to what a ~10 s step can get). The
+methods' steps and the matmul measurement are interleaved round by round: on a shared
+VM the speed drifts by 10–20 % over minutes, and two separately timed runs would
+inherit that drift.
 
 Host malloc is configured as ``python -m wsol_jax.train`` configures it
 (``wsol_jax.host_memory``: freed memory stays in the process, so XLA:CPU's per-step
@@ -37,6 +38,7 @@ SETUPS = {
     # RFGA paper recipe: ResNet-50 (output stride 8: 56×56 maps) + module + 1×1 head, SGD.
     "rfga": ("resnet50", 448, {"optimizer.name": "sgd"}),
 }
+MATMUL_RUNS = 8  # back-to-back 2048³ matmuls per round
 
 
 def matmul_rates(n: int = 2048, repeats: int = 10) -> tuple[float, float]:
@@ -88,8 +90,8 @@ def time_round_robin(setups: dict[str, tuple], rounds: int, warmup: int = 2
                      ) -> tuple[dict[str, list[float]], list[tuple[float, float]]]:
   """Step times of every method ``{name: (step, state, batch)}`` and matmul rates, interleaved.
 
-  Every round measures the matmul rate and then one step of each method, so slow and
-  fast periods of a shared machine affect all of them alike (ratios are taken per round).
+  Every round measures the matmul rates and then one step of each method, so slow and
+  fast periods of a shared machine affect all of them alike.
   """
   states = {name: state for name, (_, state, _) in setups.items()}
 
@@ -106,7 +108,7 @@ def time_round_robin(setups: dict[str, tuple], rounds: int, warmup: int = 2
   times = {name: [] for name in setups}
   rates = []
   for _ in range(rounds):
-    rates.append(matmul_rates(repeats=8))
+    rates.append(matmul_rates(repeats=MATMUL_RUNS))
     for name in setups:
       times[name].append(run(name))
   return times, rates
@@ -129,9 +131,9 @@ def main() -> None:
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; host malloc "
         f"{'keeps freed memory' if kept else 'default'}\n"
         f"fp32 matmul rate (2048^3): {burst / 1e9:.1f} GFLOP/s fastest single run of "
-        f"{8 * args.steps}; {sustained / 1e9:.1f} GFLOP/s sustained (median over rounds of "
-        f"8 back-to-back runs)")
-  print(f"{args.steps} rounds, each: 8 matmuls, then one step of every method. best/median: step "
+        f"{MATMUL_RUNS * args.steps}; {sustained / 1e9:.1f} GFLOP/s sustained (median over "
+        f"rounds of {MATMUL_RUNS} back-to-back runs)")
+  print(f"{args.steps} rounds, each: {MATMUL_RUNS} matmuls, then one step of every method. best/median: step "
         f"time; of matmul: best step vs the fastest matmul, and the median over rounds of each "
         f"round's step vs that round's sustained rate; vs TS-CAM: ratio of median step times")
   print(f"{'method':<8}{'model':<24}{'size':>5}{'best s':>8}{'median s':>9}{'img/s':>7}"
@@ -144,6 +146,7 @@ def main() -> None:
     print(f"{name:<8}{SETUPS[name][0]:<24}{SETUPS[name][1]:>5}{best:>8.3f}{med:>9.3f}"
           f"{args.batch / best:>7.1f}{flops / 1e9:>11.1f}{flops / best / 1e9:>9.1f}"
           f"{flops / best / burst:>10.1%}{paired:>9.1%}{ratio:>10}")
+
 
 if __name__ == "__main__":
   main()
