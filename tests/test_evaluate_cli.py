@@ -103,3 +103,13 @@ def test_evaluate_rejects_a_checkpoint_that_does_not_fit(tmp_path, capsys):
   assert code == 1 and "holds a 'tscam' model" in capsys.readouterr().err
   assert evaluate_cli.main(["--config", spec, "--checkpoint", str(tmp_path / "nothing")]) == 1
   assert "no model to evaluate" in capsys.readouterr().err
+
+
+def test_evaluate_rejects_url_paths(tmp_path, capsys):
+  for flag in ("--checkpoint", "--workdir"):
+    args = {"--checkpoint": str(tmp_path), "--workdir": str(tmp_path / "out"), flag: "gs://b/run"}
+    code = evaluate_cli.main(["--config", "configs/scm_synthetic.py",
+                              *(x for kv in args.items() for x in kv)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{flag} gs://b/run" in err
+  assert not (tmp_path / "out").exists()

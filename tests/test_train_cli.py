@@ -56,3 +56,13 @@ def test_unknown_arguments_and_missing_config_file(tmp_path, capsys):
     train_cli.main(["--config", "configs/scm_cub.py", "--workdir", str(tmp_path), "--lr=3"])
   assert train_cli.main(["--config", "configs/nope.py", "--workdir", str(tmp_path / "w")]) == 2
   assert "not found" in capsys.readouterr().err
+
+
+def test_a_url_workdir_fails_before_compute(tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # a URL taken as a path would create ./gs:/bucket/run here
+  config = str(CONFIGS[0].parent / "scm_synthetic.py")
+  code = train_cli.main(["--config", config, "--workdir", "gs://bucket/run"])
+  err = capsys.readouterr().err
+  assert code == 2 and "--workdir gs://bucket/run" in err and "gcsfuse" in err
+  assert not list(tmp_path.iterdir())
+  assert config_lib.local_dir("runs/x", "--workdir") == tmp_path / "runs/x"

@@ -12,6 +12,7 @@ import ast
 import difflib
 import importlib.util
 import pathlib
+import re
 import sys
 from typing import Any, Sequence
 
@@ -99,6 +100,19 @@ def base_config() -> ml_collections.ConfigDict:
 
 class ConfigError(ValueError):
   """A config key or value is invalid (raised before any compute)."""
+
+
+def local_dir(value: str | pathlib.Path, flag: str) -> pathlib.Path:
+  """``value`` as an absolute filesystem path; a URL such as ``gs://bucket/run`` is a
+  ``ConfigError`` naming ``flag`` (it would otherwise become a local directory ``gs:``)."""
+  text = str(value)
+  scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", text)
+  if scheme:
+    raise ConfigError(
+        f"{flag} {text}: {scheme.group(1)}:// URLs are not supported; give a filesystem path "
+        "(every process of a multi-host run must see the same one: NFS, Filestore, or a bucket "
+        "mounted with gcsfuse, see launch/README.md)")
+  return pathlib.Path(text).absolute()
 
 
 def _paths(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:

@@ -12,7 +12,6 @@ progress bar, prints a summary next to the center-Gaussian baseline, and writes
 from __future__ import annotations
 
 import argparse
-import pathlib
 import sys
 from typing import Sequence
 
@@ -46,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(f"unrecognized arguments {bad}")
   try:
     config = config_lib.load(args.config, [r[len("--config."):] for r in rest])
+    checkpoint_dir = config_lib.local_dir(args.checkpoint, "--checkpoint")
+    workdir = (config_lib.local_dir(args.workdir, "--workdir") if args.workdir
+               else checkpoint_dir / f"eval_{args.split}")
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -57,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   from wsol_jax.eval import evaluator as evaluator_lib
   reporting.setup_logging()
   try:
-    variables, meta, where = checkpoint.load_variables(args.checkpoint)
+    variables, meta, where = checkpoint.load_variables(checkpoint_dir)
     method = methods.get_method(config)
     if meta is not None and meta.get("method") not in (None, config.method):
       raise ValueError(f"{where} holds a {meta['method']!r} model but the config is for "
@@ -66,7 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  workdir = pathlib.Path(args.workdir or pathlib.Path(args.checkpoint) / f"eval_{args.split}")
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh()
   ev = evaluator_lib.LocalizationEvaluator(method, config, args.split, mesh, protocols=True,

@@ -32,13 +32,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   args, overrides = parse_args(argv)
   try:
     config = config_lib.load(args.config, overrides)
+    workdir = config_lib.local_dir(args.workdir, "--workdir")
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   host_memory.keep_freed_host_memory()  # before JAX starts its CPU threads
   from wsol_jax import trainer  # imports JAX; after the config is known to be valid
   try:
-    results = trainer.train_and_evaluate(config, args.workdir)
+    results = trainer.train_and_evaluate(config, workdir)
   except trainer.NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

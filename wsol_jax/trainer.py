@@ -37,7 +37,7 @@ import optax
 from wsol_jax import checkpoint as ckpt_lib
 from wsol_jax import data as data_lib
 from wsol_jax import methods as methods_lib
-from wsol_jax import optim, reporting, sharding
+from wsol_jax import config_lib, optim, reporting, sharding
 from wsol_jax.data import config as data_config
 from wsol_jax.maps import postprocess
 from wsol_jax.models import pretrained as pretrained_lib
@@ -155,7 +155,7 @@ def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]]) -> list[dict[
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
                        ) -> dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the results."""
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = config_lib.local_dir(workdir, "workdir")
   workdir.mkdir(parents=True, exist_ok=True)
   reporting.setup_logging(workdir)
   mesh = sharding.make_mesh(tuple(config.mesh.shape) or None)
