@@ -143,7 +143,7 @@ train() {
   [[ "$workers" =~ ^[0-9]+$ ]] || workers=1
   if [[ "${workers:-1}" -gt 1 ]]; then
     # Multi-host slice: start JAX's distributed runtime first (arguments auto-detected).
-    # See launch/README.md: evaluation and export are single-process code today.
+    # See launch/README.md for what runs across processes and the limits that remain.
     [[ -n "$BUCKET" ]] || echo "warning: $workers workers but no BUCKET: WORKDIR=$WORKDIR must be shared" >&2
     cmd="$venv/bin/python launch/distributed_train.py --config $(printf '%q' "$CONFIG") --workdir $(printf '%q' "$WORKDIR") $overrides"
   fi

@@ -79,20 +79,16 @@ def test_build_skips_all_class_protocols_for_per_target_methods_and_rejects_unkn
     protocols.build(["gradcam"], cfg, 10, True)
 
 
-def test_abpc_in_a_multi_process_run_fails_before_any_training(tmp_path, monkeypatch):
+def test_an_unknown_protocol_fails_before_any_training(tmp_path):
   config_file = pathlib.Path(__file__).resolve().parents[1] / "configs/agcam_synthetic.py"
   cfg = config_lib.load(f"{config_file}:smoke",
                         [f"data.data_dir={tmp_path / 'tfds'}"])
-  protocols.check_supported(("agcam",), cfg.eval)  # one process: fine
-  monkeypatch.setattr(protocols.jax, "process_count", lambda: 2)
-  with pytest.raises(ValueError, match=r"eval\.abpc.*single-process.*abpc=False"):
-    protocols.check_supported(("agcam",), cfg.eval)
-  cfg.eval.abpc = False
-  protocols.check_supported(("agcam",), cfg.eval)
-  cfg.eval.abpc = True
-  protocols.check_supported(("tscam", "scm"), cfg.eval)  # no ABPC there
+  protocols.check_supported(("agcam", "tscam"))
+  with pytest.raises(ValueError, match=r"eval\.protocols.*'agcm'.*valid.*'agcam'"):
+    protocols.check_supported(("agcm",))
+  cfg.eval.protocols = ("agcm",)
   from wsol_jax import trainer
-  with pytest.raises(ValueError, match=r"eval\.abpc"):
+  with pytest.raises(ValueError, match=r"eval\.protocols"):
     trainer.train_and_evaluate(cfg, tmp_path / "run")
   assert not (tmp_path / "tfds").exists()  # failed before reading (or generating) any data
   assert not [p for p in (tmp_path / "run").rglob("*") if p.is_dir()]  # no checkpoint folders

@@ -1,5 +1,7 @@
 """Two JAX processes (``jax.distributed`` on 127.0.0.1, 2 CPU devices each) train, select and
-test through ``launch/distributed_train.py``; the evaluation gathers every process's rows."""
+test through ``launch/distributed_train.py``; the evaluation gathers every process's rows.
+AG-CAM: its maps need gradients and its final test runs the ABPC perturbation test on the
+global (multi-process) image batch."""
 import json
 import os
 import pathlib
@@ -41,7 +43,7 @@ def _run_two_processes(args, log_prefix, timeout=300):
 
 
 def test_two_processes_train_and_evaluate_like_one(tmp_path):
-  config = str(ROOT / "configs/tscam_synthetic.py:smoke")
+  config = str(ROOT / "configs/agcam_synthetic.py:smoke")
   data_dir = tmp_path / "tfds"
   workdir = tmp_path / "run"
   common = ["--config", config, f"--config.data.data_dir={data_dir}"]
@@ -73,8 +75,13 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
   alone = alone["metrics"]
   for key in ("maxboxacc_v2", "gt_known", "top1_loc", "cls_top1", "num_examples"):
     assert test[key] == alone[key], (key, test[key], alone[key])
-  # PxAP sums map values: float32 maps from 2-row and 16-row device batches differ in ulps.
+  for key in ("agcam_iou", "agcam_num_correct"):
+    assert test[key] == alone[key], (key, test[key], alone[key])
+  # PxAP sums map values: float32 maps from 2-row and 16-row device batches differ in ulps;
+  # so do the perturbed images' probabilities behind ABPC.
   assert abs(test["pxap"] - alone["pxap"]) < 1e-2
+  for key in ("abpc", "auc_lerf", "auc_morf"):
+    assert abs(test[key] - alone[key]) < 1e-4, (key, test[key], alone[key])
   assert results["center_gaussian"]["maxboxacc_v2"] > 0
 
   # Each process reads its own rows: both iterator states are kept, and a resumed run

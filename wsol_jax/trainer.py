@@ -162,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   method = methods_lib.get_method(config)
   if config.eval.test_at_end and config.data.test_split:  # the final test runs the protocols
     from wsol_jax.eval import protocols as protocols_lib
-    protocols_lib.check_supported(protocols_lib.resolve_names(config.eval, method), config.eval)
+    protocols_lib.check_supported(protocols_lib.resolve_names(config.eval, method))
   train_iter = data_lib.build_train_iterator(config.data, int(config.training.batch_size),
                                              seed=int(config.seed))
   if train_iter.num_classes != method.num_classes:

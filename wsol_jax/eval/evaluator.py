@@ -84,7 +84,7 @@ class LocalizationEvaluator:
     self.method = method
     names = protocols_lib.resolve_names(config.eval, method)
     self.protocol_names = names if protocols else ()
-    protocols_lib.check_supported(self.protocol_names, config.eval)
+    protocols_lib.check_supported(self.protocol_names)
     self.protocols = bool(self.protocol_names)
     self.progress = progress
     self.config = config

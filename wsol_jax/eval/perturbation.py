@@ -11,7 +11,7 @@ tie-free heatmaps.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +68,29 @@ def make_curve_fn(predict_fn: Callable[[jax.Array], jax.Array], counts: np.ndarr
     return morf.T, lerf.T
 
   return jax.jit(curves)
+
+
+def _placed_like(images: jax.Array, rows: Any, dtype: Any = None) -> jax.Array:
+  """Host rows (every row of the batch) placed on the devices like ``images``: with the same
+  batch-axis sharding when ``images`` spans several processes, else as a local array."""
+  if images.is_fully_addressable:
+    return jnp.asarray(rows, dtype)
+  sharding = images.sharding
+  if not isinstance(sharding, jax.sharding.NamedSharding):
+    raise ValueError("multi-process perturbation test: the images need a NamedSharding, "
+                     f"got {sharding}")
+  rows = np.asarray(rows, dtype)
+  rows_sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
+      sharding.spec[0] if len(sharding.spec) else None))
+  return jax.make_array_from_callback(rows.shape, rows_sharding, lambda index: rows[index])
+
+
+def _host(x: jax.Array) -> np.ndarray:
+  """Every row of a (possibly multi-process) array on this host."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,19 +167,21 @@ class PerturbationTest:
     """Adds a batch.
 
     Args:
-      images: (B, H, W, 3) float32 NORMALISED model inputs.
-      heatmaps: (B, H, W) heatmaps of the GT class (every image counts, no filtering).
-      labels: (B,) int GT labels.
+      images: (B, H, W, 3) float32 NORMALISED model inputs; in a multi-process run a global
+        array sharded on the batch axis (the evaluator's device batch).
+      heatmaps: (B, H, W) heatmaps of the GT class (every image counts, no filtering); all
+        B rows on every process.
+      labels: (B,) int GT labels, all B rows on every process.
       valid: optional (B,) bool mask of real rows.
 
     Returns:
       Per-image curves ``(morf, lerf)``, each (B, F) float32.
     """
-    heatmaps = jnp.asarray(heatmaps)
-    b, h, w = heatmaps.shape
-    morf, lerf = self._fn(h * w)(jnp.asarray(images), heatmaps,
-                                 jnp.asarray(labels, jnp.int32))
-    morf, lerf = np.asarray(morf), np.asarray(lerf)
+    images = jnp.asarray(images)
+    b, h, w = np.shape(heatmaps)
+    heatmaps = _placed_like(images, heatmaps)
+    labels = _placed_like(images, labels, jnp.int32)
+    morf, lerf = (_host(c) for c in self._fn(h * w)(images, heatmaps, labels))
     keep = np.ones(b, bool) if valid is None else np.asarray(valid, dtype=bool)
     self._morf += morf[keep].astype(np.float64).sum(axis=0)
     self._lerf += lerf[keep].astype(np.float64).sum(axis=0)

@@ -21,7 +21,7 @@ eval grid and min-max normalised, top-5 predictions, boxes, labels) and yields
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -174,22 +174,19 @@ def resolve_names(eval_cfg: Any, method: Any) -> tuple[str, ...]:
   return tuple(eval_cfg.protocols) or tuple(method.eval_protocols)
 
 
-def check_supported(names, cfg: Any) -> None:
-  """Fails, before any compute, on protocol settings this run cannot evaluate."""
-  if "agcam" in names and bool(cfg.abpc) and jax.process_count() > 1:
-    raise ValueError(
-        "eval.abpc: AG-CAM's ABPC perturbation test runs in single-process evaluation only "
-        f"(this run has {jax.process_count()} processes). Set --config.eval.abpc=False here "
-        "and evaluate the exported model with one process: python -m wsol_jax.evaluate "
-        "--config ... --checkpoint WORKDIR/export")
+def check_supported(names: Sequence[str]) -> None:
+  """Fails, before any compute, on protocol names that do not exist."""
+  unknown = [n for n in names if n not in PROTOCOLS]
+  if unknown:
+    raise ValueError(f"eval.protocols: unknown evaluation protocol(s) {unknown}; "
+                     f"valid: {sorted(PROTOCOLS)}")
 
 
 def build(names, cfg: Any, num_classes: int, all_classes: bool) -> list[Protocol]:
   """Protocol accumulators by name; those needing every class's maps are skipped otherwise."""
   out = []
+  check_supported(names)
   for name in names:
-    if name not in PROTOCOLS:
-      raise ValueError(f"unknown evaluation protocol {name!r}; valid: {sorted(PROTOCOLS)}")
     cls = PROTOCOLS[name]
     if cls.needs_topk_maps and (not all_classes or num_classes < 5):
       continue
