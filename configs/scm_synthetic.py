@@ -8,7 +8,7 @@ baseline; overlays go to WORKDIR/overlays. Model and recipe: ``config_lib.set_sy
 (the SCM blocks use the official defaults of ``config.scm``). Variant ``smoke``: a few
 steps (tests).
 
-Expected test MaxBoxAccV2: 66.44 (center-Gaussian 28.94; 9.4 min on 2 cores).
+Expected test MaxBoxAccV2: 74.72 (center-Gaussian 28.94; 10–12 min on 2 cores).
 """
 from wsol_jax import config_lib
 
