@@ -63,3 +63,13 @@ def global_batch(local_batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Ar
           f"{n_dev} devices of the mesh; choose a batch size that is a multiple of {n_dev}")
     out[key] = jax.make_array_from_process_local_data(sharding, value)
   return out
+
+
+def to_host(x: Any) -> np.ndarray | None:
+  """A device array as a full host array; in multi-process runs gathered from every process."""
+  if x is None:
+    return None
+  if getattr(x, "is_fully_addressable", True) or getattr(x, "is_fully_replicated", False):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -48,16 +48,6 @@ log = logging.getLogger("wsol_jax.eval")
 _GATHERED_FIELDS = ("label", "boxes", "valid", "index", "mask")
 
 
-def _to_host(x: Any) -> np.ndarray | None:
-  """A device array as a full host array; in multi-process runs gathered from every process."""
-  if x is None:
-    return None
-  if getattr(x, "is_fully_addressable", True) or getattr(x, "is_fully_replicated", False):
-    return np.asarray(x)
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def _gather_host_batch(batch: dict[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Any]:
   """Multi-process runs: each process reads its own rows of a split. The metric fields
   of all processes, assembled like the images (``sharding.global_batch``), so their rows
@@ -65,7 +55,8 @@ def _gather_host_batch(batch: dict[str, Any], mesh: jax.sharding.Mesh) -> dict[s
   if jax.process_count() == 1:
     return batch
   fields = {k: batch[k] for k in _GATHERED_FIELDS if k in batch}
-  return {**batch, **{k: _to_host(v) for k, v in sharding.global_batch(fields, mesh).items()}}
+  gathered = sharding.global_batch(fields, mesh)
+  return {**batch, **{k: sharding.to_host(v) for k, v in gathered.items()}}
 
 
 class LocalizationEvaluator:
@@ -161,9 +152,9 @@ class LocalizationEvaluator:
       bar.update(1)
       batch = _gather_host_batch(batch, self.mesh)
       valid = np.asarray(batch["valid"], bool)
-      maps = _to_host(maps).astype(np.float64)
+      maps = sharding.to_host(maps).astype(np.float64)
       labels = np.asarray(batch["label"])
-      top5_idx = _to_host(top5_idx)
+      top5_idx = sharding.to_host(top5_idx)
       best_v2 = v2.update(maps, batch["boxes"], valid)
       best_v1 = v1.update(maps, batch["boxes"], valid)
       correct1 = top5_idx[:, 0] == labels
@@ -176,8 +167,10 @@ class LocalizationEvaluator:
       if pxap is not None and "mask" in batch:
         pxap.update(maps, np.asarray(batch["mask"]), valid)
       if active:
+        if topk_maps is not None:
+          topk_maps = sharding.to_host(topk_maps).astype(np.float64)
         ctx = protocols_lib.BatchContext(
-            maps=maps, topk_maps=None if topk_maps is None else _to_host(topk_maps).astype(np.float64),
+            maps=maps, topk_maps=topk_maps,
             top5=top5_idx, labels=labels, boxes=np.asarray(batch["boxes"]), valid=valid,
             normalized_images=lambda a=arrays: self._normalize(a["image"]))
         for protocol in active:

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wsol_jax import sharding
+
 AGCAM_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 SCORES = ("prob", "logit")
 
@@ -71,26 +73,16 @@ def make_curve_fn(predict_fn: Callable[[jax.Array], jax.Array], counts: np.ndarr
 
 
 def _placed_like(images: jax.Array, rows: Any, dtype: Any = None) -> jax.Array:
-  """Host rows (every row of the batch) placed on the devices like ``images``: with the same
-  batch-axis sharding when ``images`` spans several processes, else as a local array."""
+  """Host rows (every row of the batch) placed on the devices like ``images``: split over
+  the batch axis of the images' mesh when they span several processes, else a local array."""
   if images.is_fully_addressable:
     return jnp.asarray(rows, dtype)
-  sharding = images.sharding
-  if not isinstance(sharding, jax.sharding.NamedSharding):
+  if not isinstance(images.sharding, jax.sharding.NamedSharding):
     raise ValueError("multi-process perturbation test: the images need a NamedSharding, "
-                     f"got {sharding}")
+                     f"got {images.sharding}")
   rows = np.asarray(rows, dtype)
-  rows_sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
-      sharding.spec[0] if len(sharding.spec) else None))
-  return jax.make_array_from_callback(rows.shape, rows_sharding, lambda index: rows[index])
-
-
-def _host(x: jax.Array) -> np.ndarray:
-  """Every row of a (possibly multi-process) array on this host."""
-  if x.is_fully_addressable:
-    return np.asarray(x)
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  placed = sharding.batch_sharding(images.sharding.mesh)
+  return jax.make_array_from_callback(rows.shape, placed, lambda index: rows[index])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +173,7 @@ class PerturbationTest:
     b, h, w = np.shape(heatmaps)
     heatmaps = _placed_like(images, heatmaps)
     labels = _placed_like(images, labels, jnp.int32)
-    morf, lerf = (_host(c) for c in self._fn(h * w)(images, heatmaps, labels))
+    morf, lerf = (sharding.to_host(c) for c in self._fn(h * w)(images, heatmaps, labels))
     keep = np.ones(b, bool) if valid is None else np.asarray(valid, dtype=bool)
     self._morf += morf[keep].astype(np.float64).sum(axis=0)
     self._lerf += lerf[keep].astype(np.float64).sum(axis=0)
