@@ -41,7 +41,7 @@ SETUPS = {
 MATMUL_RUNS = 8  # back-to-back 2048³ matmuls per round
 
 
-def matmul_rates(n: int = 2048, repeats: int = 10) -> tuple[float, float]:
+def matmul_rates(n: int = 2048, repeats: int = MATMUL_RUNS) -> tuple[float, float]:
   """fp32 FLOP/s of an n×n @ n×n matmul run ``repeats`` times back to back: (the fastest
   single run, the throughput of all of them together)."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
@@ -108,7 +108,7 @@ def time_round_robin(setups: dict[str, tuple], rounds: int, warmup: int = 2
   times = {name: [] for name in setups}
   rates = []
   for _ in range(rounds):
-    rates.append(matmul_rates(repeats=MATMUL_RUNS))
+    rates.append(matmul_rates())
     for name in setups:
       times[name].append(run(name))
   return times, rates
@@ -133,9 +133,9 @@ def main() -> None:
         f"fp32 matmul rate (2048^3): {burst / 1e9:.1f} GFLOP/s fastest single run of "
         f"{MATMUL_RUNS * args.steps}; {sustained / 1e9:.1f} GFLOP/s sustained (median over "
         f"rounds of {MATMUL_RUNS} back-to-back runs)")
-  print(f"{args.steps} rounds, each: {MATMUL_RUNS} matmuls, then one step of every method. best/median: step "
-        f"time; of matmul: best step vs the fastest matmul, and the median over rounds of each "
-        f"round's step vs that round's sustained rate; vs TS-CAM: ratio of median step times")
+  print(f"{args.steps} rounds, each: {MATMUL_RUNS} matmuls, then one step of every method. "
+        f"best/median: step time; of matmul: best step vs the fastest matmul, and the median "
+        f"over rounds of each round's step vs that round's sustained rate; vs TS-CAM: ratio of median step times")
   print(f"{'method':<8}{'model':<24}{'size':>5}{'best s':>8}{'median s':>9}{'img/s':>7}"
         f"{'GFLOP/step':>11}{'GFLOP/s':>9}{'of matmul':>10}{'(sust.)':>9}{'vs TS-CAM':>10}")
   for name in names:
