@@ -156,13 +156,13 @@ def main() -> None:
 
   patched, original = blas_dense_patch()
   *xla, flops = train_step.build("tscam", args.batch)
-  setups = {"xla": tuple(xla)}
+  runners = {"xla": train_step.step_runner(*xla)}
   vit._dense = patched
   try:
-    setups["blas"] = train_step.build("tscam", args.batch)[:3]
+    runners["blas"] = train_step.step_runner(*train_step.build("tscam", args.batch)[:3])
   finally:
     vit._dense = original
-  times, rates = train_step.time_round_robin(setups, args.steps)
+  times, rates = train_step.time_round_robin(runners, args.steps)
   burst = max(r[0] for r in rates)
   print(f"TS-CAM DeiT-S 224, batch {args.batch}; {jax.device_count()} cpu device(s); "
         f"fastest 2048^3 XLA matmul {burst / 1e9:.1f} GFLOP/s; {flops / 1e9:.1f} GFLOP/step")

@@ -114,24 +114,10 @@ def main() -> None:
   args = parser.parse_args()
   host_memory.keep_freed_host_memory()  # before JAX starts, as the trainer does
   run_torch = torch_step(args.batch)
-  step, state, batch, flops = train_step.build("tscam", args.batch)
-
-  def run_jax() -> float:
-    nonlocal state
-    start = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    return time.perf_counter() - start
-
-  for _ in range(2):
-    run_torch(), run_jax()
-  times = {"torch": [], "jax": []}
-  rates = []
-  for _ in range(args.steps):
-    rates.append(train_step.matmul_rates()[0])
-    times["torch"].append(run_torch())
-    times["jax"].append(run_jax())
-  burst = max(rates)
+  *jax_step, flops = train_step.build("tscam", args.batch)
+  times, rates = train_step.time_round_robin(
+      {"torch": run_torch, "jax": train_step.step_runner(*jax_step)}, args.steps)
+  burst = max(fastest for fastest, _ in rates)
   print(f"TS-CAM DeiT-S 224, batch {args.batch}, {jax.device_count()} {jax.devices()[0].platform} "
         f"device(s), {os.cpu_count()} threads; {args.steps} interleaved rounds; fastest 2048^3 "
         f"JAX matmul {burst / 1e9:.1f} GFLOP/s; {flops / 1e9:.1f} GFLOP/step (XLA cost analysis)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -86,31 +87,36 @@ def build(method_name: str, batch: int):
   return step, state, batch_dev, float(cost["flops"]) * mesh.devices.size
 
 
-def time_round_robin(setups: dict[str, tuple], rounds: int, warmup: int = 2
-                     ) -> tuple[dict[str, list[float]], list[tuple[float, float]]]:
-  """Step times of every method ``{name: (step, state, batch)}`` and matmul rates, interleaved.
+def step_runner(step, state, batch) -> Callable[[], float]:
+  """A closure running one jitted ``step`` (carrying its state) and returning its seconds."""
 
-  Every round measures the matmul rates and then one step of each method, so slow and
-  fast periods of a shared machine affect all of them alike.
-  """
-  states = {name: state for name, (_, state, _) in setups.items()}
-
-  def run(name: str) -> float:
-    step, _, batch = setups[name]
+  def run() -> float:
+    nonlocal state
     t = time.perf_counter()
-    states[name], metrics = step(states[name], batch)
+    state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     return time.perf_counter() - t
 
+  return run
+
+
+def time_round_robin(runners: dict[str, Callable[[], float]], rounds: int, warmup: int = 2
+                     ) -> tuple[dict[str, list[float]], list[tuple[float, float]]]:
+  """Seconds of every ``{name: run}`` (one step per call, e.g. ``step_runner``) and matmul
+  rates, interleaved.
+
+  Every round measures the matmul rates and then one step of each, so slow and fast
+  periods of a shared machine affect all of them alike.
+  """
   for _ in range(warmup):  # compiled already; the first runs allocate
-    for name in setups:
-      run(name)
-  times = {name: [] for name in setups}
+    for run in runners.values():
+      run()
+  times = {name: [] for name in runners}
   rates = []
   for _ in range(rounds):
     rates.append(matmul_rates())
-    for name in setups:
-      times[name].append(run(name))
+    for name, run in runners.items():
+      times[name].append(run())
   return times, rates
 
 
@@ -125,7 +131,7 @@ def main() -> None:
   kept = args.malloc == "keep" and host_memory.keep_freed_host_memory()  # before JAX starts
   names = args.methods.split(",")
   built = {name: build(name, args.batch) for name in names}
-  times, rates = time_round_robin({n: b[:3] for n, b in built.items()}, args.steps)
+  times, rates = time_round_robin({n: step_runner(*b[:3]) for n, b in built.items()}, args.steps)
   burst = max(r[0] for r in rates)
   sustained = statistics.median(r[1] for r in rates)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; host malloc "
