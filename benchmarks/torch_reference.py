@@ -10,6 +10,10 @@ cross-entropy, AdamW), DeiT-S, 224, batch 32, fp32, as many threads as JAX uses.
 JAX side is ``benchmarks/train_step.py``'s TS-CAM step (the trainer's jitted step). The
 two are interleaved round by round (a shared VM drifts by 10–20 % over minutes), and
 "JAX / torch" is the ratio of median step times (below 1: wsol_jax is faster).
+``--profile`` adds one PyTorch step under ``torch.profiler`` and splits its time into
+dense GEMMs (``aten::mm``, ``aten::addmm``), attention's batched GEMMs (``aten::bmm``) and
+everything else; eager PyTorch runs op by op, so this split is reliable (XLA:CPU's trace
+is not: see ``step_breakdown.py`` for the JAX side).
 """
 from __future__ import annotations
 
@@ -107,10 +111,25 @@ def torch_step(batch: int, drop_path_rate: float = 0.1, num_classes: int = 200):
   return step
 
 
+def profile_split(step) -> dict[str, float]:
+  """Seconds of one ``torch_step`` step by kind: {'dense GEMM', 'attention bmm', 'other'}."""
+  from torch.profiler import ProfilerActivity, profile
+  with profile(activities=[ProfilerActivity.CPU]) as prof:
+    step()
+  split = {"dense GEMM": 0.0, "attention bmm": 0.0, "other": 0.0}
+  for event in prof.key_averages():
+    kind = ("dense GEMM" if event.key in ("aten::mm", "aten::addmm")
+            else "attention bmm" if event.key == "aten::bmm" else "other")
+    split[kind] += event.self_cpu_time_total / 1e6
+  return split
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--steps", type=int, default=5, help="timed rounds (after 2 warm-ups)")
+  parser.add_argument("--profile", action="store_true",
+                      help="also split one PyTorch step's time by op kind (torch.profiler)")
   args = parser.parse_args()
   host_memory.keep_freed_host_memory()  # before JAX starts, as the trainer does
   run_torch = torch_step(args.batch)
@@ -128,6 +147,10 @@ def main() -> None:
           f"{flops / best / burst:10.1%}")
   print(f"JAX / torch (median step time): "
         f"{statistics.median(times['jax']) / statistics.median(times['torch']):.3f}")
+  if args.profile:
+    split = profile_split(run_torch)
+    print("one profiled PyTorch step: " + ", ".join(
+        f"{kind} {sec:.3f} s" for kind, sec in split.items()) + f" (total {sum(split.values()):.3f} s)")
 
 
 if __name__ == "__main__":
