@@ -111,7 +111,7 @@ def build_kernel() -> ctypes.CDLL:
 
 
 def blas_dense_patch():
-  """(patched ``vit._dense``, the original): Dense layers whose matmuls call the handler."""
+  """A replacement for ``vit._dense``: Dense layers whose matmuls call the handler."""
   import flax.linen as nn
   import jax
   from wsol_jax.models import layers, vit
@@ -141,7 +141,7 @@ def blas_dense_patch():
     return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name, dot_general=dot_general,
                     kernel_init=layers.trunc_normal_init(0.02), bias_init=nn.initializers.zeros)
 
-  return dense, vit._dense
+  return dense
 
 
 def main() -> None:
@@ -154,14 +154,10 @@ def main() -> None:
   import train_step
   from wsol_jax.models import vit
 
-  patched, original = blas_dense_patch()
-  *xla, flops = train_step.build("tscam", args.batch)
-  runners = {"xla": train_step.step_runner(*xla)}
-  vit._dense = patched
-  try:
-    runners["blas"] = train_step.step_runner(*train_step.build("tscam", args.batch)[:3])
-  finally:
-    vit._dense = original
+  runners = {}
+  runners["xla"], flops = train_step.patched_step_runner("tscam", args.batch, [])
+  runners["blas"], _ = train_step.patched_step_runner(
+      "tscam", args.batch, [(vit, "_dense", blas_dense_patch())])
   times, rates = train_step.time_round_robin(runners, args.steps)
   burst = max(r[0] for r in rates)
   print(f"TS-CAM DeiT-S 224, batch {args.batch}; {jax.device_count()} cpu device(s); "

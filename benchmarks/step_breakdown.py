@@ -25,7 +25,6 @@ they are never a training step to use.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -38,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_step  # noqa: E402  (sibling benchmark: build(), step_runner, time_round_robin)
+import train_step  # noqa: E402  (sibling benchmark: patched_step_runner, time_round_robin)
 
 from wsol_jax import host_memory  # noqa: E402
 from wsol_jax.models import vit  # noqa: E402
@@ -73,26 +72,6 @@ ABLATIONS = {  # variant: [(object, attribute, replacement)] while the step is t
 }
 ABLATIONS["skeleton"] = [p for name in ("no_gelu", "no_layernorm", "no_droppath", "no_attention")
                          for p in ABLATIONS[name]]
-
-
-@contextlib.contextmanager
-def _patched(replacements):
-  saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in replacements]
-  for obj, attr, value in replacements:
-    setattr(obj, attr, value)
-  try:
-    yield
-  finally:
-    for obj, attr, value in saved:
-      setattr(obj, attr, value)
-
-
-def ablated_step(variant: str, batch: int) -> tuple[Callable[[], float], float]:
-  """(one-step runner, XLA FLOPs) of the TS-CAM step with ``variant``'s parts removed."""
-  with _patched(ABLATIONS[variant]):
-    step, state, batch_dev, flops = train_step.build("tscam", batch)
-    compiled = step.lower(state, batch_dev).compile()  # traced while patched
-  return train_step.step_runner(compiled, state, batch_dev), flops
 
 
 def gemm_only(batch: int) -> tuple[Callable[[], float], float]:
@@ -134,8 +113,8 @@ def main() -> None:
   if unknown:
     parser.error(f"unknown variants {unknown}; valid: {[*ABLATIONS, 'gemm_only']}")
   host_memory.keep_freed_host_memory()  # before JAX starts, as the trainer does
-  built = {v: gemm_only(args.batch) if v == "gemm_only" else ablated_step(v, args.batch)
-           for v in variants}
+  built = {v: gemm_only(args.batch) if v == "gemm_only"
+           else train_step.patched_step_runner("tscam", args.batch, ABLATIONS[v]) for v in variants}
   times, rates = train_step.time_round_robin({v: run for v, (run, _) in built.items()}, args.steps)
   burst = max(fastest for fastest, _ in rates)
   ref = statistics.median(times["full"]) if "full" in times else None

@@ -20,9 +20,10 @@ buffers are not page-faulted again every step); ``--malloc default`` measures wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -85,6 +86,30 @@ def build(method_name: str, batch: int):
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   # XLA's cost analysis counts one device's share of the batch-sharded step.
   return step, state, batch_dev, float(cost["flops"]) * mesh.devices.size
+
+
+@contextlib.contextmanager
+def patched(replacements: Sequence[tuple[Any, str, Any]]):
+  """Sets ``setattr(obj, attr, value)`` for each replacement, restoring them on exit."""
+  saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in replacements]
+  for obj, attr, value in replacements:
+    setattr(obj, attr, value)
+  try:
+    yield
+  finally:
+    for obj, attr, value in saved:
+      setattr(obj, attr, value)
+
+
+def patched_step_runner(method_name: str, batch: int,
+                        replacements: Sequence[tuple[Any, str, Any]]) -> tuple[Callable[[], float], float]:
+  """(one-step runner, FLOPs) of ``build(method_name, batch)`` traced and compiled with
+  ``replacements`` in place (e.g. a model function swapped for an experiment); the runner
+  calls that compiled executable, so it keeps them after they are restored."""
+  with patched(replacements):
+    step, state, batch_dev, flops = build(method_name, batch)
+    compiled = step.lower(state, batch_dev).compile()
+  return step_runner(compiled, state, batch_dev), flops
 
 
 def step_runner(step, state, batch) -> Callable[[], float]:
