@@ -114,7 +114,7 @@ def blas_dense_patch():
   """A replacement for ``vit._dense``: Dense layers whose matmuls call the handler."""
   import flax.linen as nn
   import jax
-  from wsol_jax.models import layers, vit
+  from wsol_jax.models import layers
 
   jax.ffi.register_ffi_target("wsol_gemm", jax.ffi.pycapsule(build_kernel().WsolGemm), platform="cpu")
 

@@ -33,8 +33,6 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step  # noqa: E402  (sibling benchmark: patched_step_runner, time_round_robin)
