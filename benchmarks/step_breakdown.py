@@ -10,7 +10,9 @@ times, each with one part of the ViT replaced by a no-op while tracing, and time
 compiled steps round-robin with the matmul rate. The drop in step time is that part's
 cost in context. The variants:
 
-* ``full``: the step as the trainer runs it;
+* ``full``: the step as the trainer runs it (attention core in the CPU kernel,
+  ``wsol_jax.kernels.attention_cpu``, where it builds);
+* ``xla_attention``: the same step with XLA's attention (``attention_impl='xla'``);
 * ``no_gelu``, ``no_layernorm``, ``no_droppath``: that op is the identity;
 * ``no_attention``: the split into heads and the attention core (q·kᵀ, softmax, ·v)
   are skipped, the attention output is v (the qkv and proj Dense layers stay);
@@ -52,9 +54,10 @@ class _Identity(nn.Module):
     return x
 
 
-def _attention_value_only(self: vit.Attention, x, *, train, delta, stop_grad_input, cls_row=False):
+def _attention_value_only(self: vit.Attention, x, *, train, delta, stop_grad_input, cls_row=False,
+                          kernel=False):
   """``vit.Attention.__call__`` without its core: the heads' output is v."""
-  del train, delta, stop_grad_input, cls_row
+  del train, delta, stop_grad_input, cls_row, kernel
   b, n, dim = x.shape
   qkv = vit._dense(3 * dim, "qkv", self.dtype, use_bias=self.qkv_bias)(x)
   v = qkv.reshape(b, n, 3, dim)[:, :, 2]
@@ -63,6 +66,7 @@ def _attention_value_only(self: vit.Attention, x, *, train, delta, stop_grad_inp
 
 ABLATIONS = {  # variant: [(object, attribute, replacement)] while the step is traced
     "full": [],
+    "xla_attention": [(vit, "use_attention_kernel", lambda impl: False)],
     "no_gelu": [(vit, "gelu", lambda x: x)],
     "no_layernorm": [(vit, "_layer_norm", lambda eps, name, dtype: _Identity(name=name))],
     "no_droppath": [(vit.DropPath, "__call__", lambda self, x, train: x)],

@@ -1,4 +1,6 @@
 """ViT/DeiT: golden timm parity, attention auxiliaries, hook-free attention gradients, errors."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +29,18 @@ def test_golden_logits_and_every_layer_attention(golden_model, golden_inputs, go
   np.testing.assert_allclose(aux["attn_cls"], gold["attn_cls"], atol=1e-6, rtol=0)
   assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406])
   assert meta["std"] == pytest.approx([0.229, 0.224, 0.225])
+
+
+def test_golden_logits_and_attention_with_the_cpu_attention_kernel(golden_model, golden_inputs,
+                                                                   golden_dir):
+  model, variables, _ = golden_model
+  model = dataclasses.replace(model, attention_impl="cpu_kernel")
+  gold = np.load(golden_dir / "timm_vit.npz")
+  logits, aux = jax.jit(lambda v, x: model.apply(v, x, capture=("attn", "attn_cls")))(
+      variables, golden_inputs[0])
+  np.testing.assert_allclose(logits, gold["logits"], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(aux["attn"][:, 0], gold["attn_img0"], atol=1e-6, rtol=0)
+  np.testing.assert_allclose(aux["attn_cls"], gold["attn_cls"], atol=1e-6, rtol=0)
 
 
 def test_capture_does_not_change_logits_and_has_documented_shapes(golden_model, golden_inputs):

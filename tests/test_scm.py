@@ -371,6 +371,18 @@ def test_training_graph_matches_golden(train_outputs, gold, name):
   np.testing.assert_allclose(got, gold[name], rtol=0, atol=f32_tol(name))
 
 
+def test_training_graph_matches_golden_with_the_cpu_attention_kernel(
+    golden_vit_dir, golden_dir, golden_inputs, gold):
+  config = _config(golden_vit_dir, impl=S.IMPLS[0])
+  config.model.kwargs = dict(depth=4, attention_impl="cpu_kernel")
+  method = get_method(config)
+  variables = _with_golden_head(method.init(jax.random.key(0)), golden_dir)
+  out = _train_outputs(method, variables, *golden_inputs)
+  for name in TRAIN_ARRAYS:
+    np.testing.assert_allclose(np.asarray(out[name]), gold[name], rtol=0, atol=f32_tol(name),
+                               err_msg=name)
+
+
 def test_golden_adb_invariants(train_outputs):
   out = train_outputs[2]
   f = np.concatenate([np.asarray(out["train_F_in"])[None], np.asarray(out["train_F"])])

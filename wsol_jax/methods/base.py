@@ -158,11 +158,12 @@ class Method(abc.ABC):
             "config": self.config.to_dict() if hasattr(self.config, "to_dict") else {}}
 
   def model_kwargs_final(self) -> dict[str, Any]:
-    """The JSON-serialisable constructor arguments of ``self.model``."""
+    """The JSON-serialisable constructor arguments of ``self.model`` (architecture only:
+    not ``attention_impl``, which is how this machine runs it)."""
     import dataclasses as dc
     out = {}
     for f in dc.fields(self.model):
-      if f.name in ("parent", "name"):
+      if f.name in ("parent", "name", "attention_impl"):
         continue
       value = getattr(self.model, f.name)
       if callable(value) or f.name == "dtype":

@@ -29,6 +29,12 @@ The forward is a pure function of (params, images, flags, rng)::
   is ∂(scalar)/∂A for every layer in one backward pass — no hooks.
 * ``stop_grad_attn_input=True`` stops the gradient at each attention's input
   (the normed block input fed to qkv), as the official AG-CAM model does.
+* ``attention_impl`` picks how the attention core (q·kᵀ, softmax, ·v) runs: ``'xla'``
+  (XLA ops), ``'cpu_kernel'`` (``wsol_jax.kernels.attention_cpu``, an XLA:CPU FFI kernel,
+  ~2× faster on CPU; the same math within float32 rounding) or ``'auto'`` (the kernel on
+  a single-device CPU backend where it compiles, else XLA). The kernel is not used where
+  its outputs do not suffice: ``attn_delta``, ``scores`` captures, attention dropout
+  while training, dtypes other than float32.
 """
 from __future__ import annotations
 
@@ -42,6 +48,25 @@ import numpy as np
 from wsol_jax.models import heads, layers
 
 CAPTURE_NAMES = ("attn", "attn_cls", "scores", "scores_cls", "tokens", "pre_logits", "semantic")
+ATTENTION_IMPLS = ("auto", "xla", "cpu_kernel")
+
+
+def use_attention_kernel(impl: str) -> bool:
+  """Whether ``attention_impl=impl`` runs the CPU kernel on this backend (raises if it must
+  and cannot)."""
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"unknown attention_impl {impl!r}; valid: {list(ATTENTION_IMPLS)}")
+  if impl == "xla":
+    return False
+  from wsol_jax.kernels import attention_cpu
+  if impl == "cpu_kernel":
+    if jax.default_backend() != "cpu":
+      raise ValueError(f"attention_impl='cpu_kernel' needs the CPU backend, not {jax.default_backend()!r}")
+    attention_cpu.load()  # raises KernelBuildError with the compiler's message
+    return True
+  # auto: one CPU device (the FFI call has no sharding rule, so a batch-sharded step
+  # would gather around it) and a kernel that builds here.
+  return jax.default_backend() == "cpu" and jax.device_count() == 1 and attention_cpu.available()
 
 
 def _dense(features: int, name: str, dtype: Any, use_bias: bool = True) -> nn.Dense:
@@ -139,16 +164,28 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool, delta: jax.Array | None,
-               stop_grad_input: bool, cls_row: bool = False
+               stop_grad_input: bool, cls_row: bool = False, kernel: bool = False
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(output, internals ``{'attn', 'scores'}`` (B, H, N, N), + ``'attn_cls'`` (B, H, N)
-    if ``cls_row``)."""
+    if ``cls_row``). ``kernel``: the core runs in ``attention_cpu`` (no ``'scores'``;
+    the caller ensures there is no ``delta`` and no attention dropout)."""
     b, n, dim = x.shape
     h = self.num_heads
     d = dim // h
     if stop_grad_input:
       x = jax.lax.stop_gradient(x)
     qkv = _dense(3 * dim, "qkv", self.dtype, use_bias=self.qkv_bias)(x)
+    if kernel:
+      from wsol_jax.kernels import attention_cpu
+      out, attn = attention_cpu.attention(qkv, h)
+      internals = {"attn": attn}
+      if cls_row:
+        q_cls = qkv[:, :1, :dim].reshape(b, 1, h, d)
+        k = qkv[:, :, dim:2 * dim].reshape(b, n, h, d)
+        row = jnp.einsum("bqhd,bkhd->bhqk", q_cls * (d ** -0.5), k)
+        internals["attn_cls"] = jax.nn.softmax(row, axis=-1)[:, :, 0]
+      out = _dense(dim, "proj", self.dtype)(out)
+      return nn.Dropout(self.proj_drop, deterministic=not train)(out), internals
     # Heads-major (3, B, H, N, d) once: the batched attention dots then need no layout
     # changes of their own, which XLA:CPU otherwise places on the slow backward dots.
     # A split (not indexing) so that the backward concatenates dq, dk, dv instead of
@@ -194,13 +231,14 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool, delta: jax.Array | None,
-               stop_grad_input: bool, cls_row: bool = False
+               stop_grad_input: bool, cls_row: bool = False, kernel: bool = False
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     dim = x.shape[-1]
     y, internals = Attention(self.num_heads, self.qkv_bias, self.attn_drop, self.drop,
                              self.dtype, name="attn")(
                                  _layer_norm(self.norm_eps, "norm1", self.dtype)(x), train=train,
-                                 delta=delta, stop_grad_input=stop_grad_input, cls_row=cls_row)
+                                 delta=delta, stop_grad_input=stop_grad_input, cls_row=cls_row,
+                                 kernel=kernel)
     x = x + DropPath(self.drop_path)(y, train)
     y = Mlp(int(dim * self.mlp_ratio), self.drop, self.dtype, name="mlp")(
         _layer_norm(self.norm_eps, "norm2", self.dtype)(x), train)
@@ -221,6 +259,7 @@ class VisionTransformer(nn.Module):
       norm (None: same; the hila-chefer LRP / ViTOL model uses 1e-5).
     post_block: optional module factory applied to each block's output
       (``factory(name='post')(x, train=...)``), used by ViTOL's p-ADL.
+    attention_impl: ``'auto'``, ``'xla'`` or ``'cpu_kernel'`` (module docstring).
   """
   num_classes: int = 1000
   img_size: int = 224
@@ -238,6 +277,7 @@ class VisionTransformer(nn.Module):
   attn_drop_rate: float = 0.0
   drop_path_rate: float = 0.0
   post_block: Callable[..., nn.Module] | None = None
+  attention_impl: str = "auto"
   dtype: Any = jnp.float32
 
   def grid_shape(self, height: int, width: int) -> tuple[int, int]:
@@ -261,6 +301,8 @@ class VisionTransformer(nn.Module):
       raise ValueError(f"unknown capture names {unknown}; valid: {list(CAPTURE_NAMES)}")
     if "semantic" in capture and self.head != "conv3x3":
       raise ValueError("capture 'semantic' needs head='conv3x3'")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"unknown attention_impl {self.attention_impl!r}; valid: {list(ATTENTION_IMPLS)}")
     if self.head not in heads.HEAD_TYPES:
       raise ValueError(f"unknown head {self.head!r}; valid: {list(heads.HEAD_TYPES)}")
     gh, gw = self.grid_shape(hh, ww)
@@ -299,6 +341,9 @@ class VisionTransformer(nn.Module):
     x = x + self._pos_embed(gh, gw).astype(x.dtype)
     x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
 
+    kernel = (attn_delta is None and not {"scores", "scores_cls"} & set(capture)
+              and not (train and self.attn_drop_rate > 0) and jnp.dtype(self.dtype) == jnp.float32
+              and use_attention_kernel(self.attention_impl))
     per_layer = {name: [] for name in ("attn", "attn_cls", "scores", "scores_cls") if name in capture}
     rates = np.linspace(0.0, self.drop_path_rate, self.depth) if self.depth > 1 else [0.0]
     for i in range(self.depth):
@@ -309,7 +354,7 @@ class VisionTransformer(nn.Module):
                                x, train=train,
                                delta=None if attn_delta is None else attn_delta[i],
                                stop_grad_input=stop_grad_attn_input,
-                               cls_row="attn_cls" in capture)
+                               cls_row="attn_cls" in capture, kernel=kernel)
       for name in per_layer:
         if name in internals:
           per_layer[name].append(internals[name])

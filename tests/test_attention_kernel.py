@@ -1,0 +1,97 @@
+"""The XLA:CPU attention kernel (wsol_jax.kernels.attention_cpu) against XLA's attention."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wsol_jax.kernels import attention_cpu
+from wsol_jax.models import vit
+from wsol_jax.models.vit import VisionTransformer
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=3, num_classes=5,
+            head="conv3x3", drop_path_rate=0.1)
+
+
+def _reference(qkv, heads):
+  b, n, c3 = qkv.shape
+  d = c3 // 3 // heads
+  q, k, v = qkv.reshape(b, n, 3, heads, d).transpose(2, 0, 3, 1, 4)
+  probs = jax.nn.softmax(jnp.einsum("bhqd,bhkd->bhqk", q * d ** -0.5, k), axis=-1)
+  out = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(b, n, c3 // 3)
+  return out, probs
+
+
+@pytest.mark.parametrize("b,n,heads,d", [(2, 17, 3, 8), (1, 5, 1, 4), (3, 50, 2, 64)])
+def test_forward_and_vjp_match_xla(b, n, heads, d):
+  keys = jax.random.split(jax.random.key(b * n), 3)
+  qkv = 2 * jax.random.normal(keys[0], (b, n, 3 * heads * d)) / d ** 0.25
+  w_out = jax.random.normal(keys[1], (b, n, heads * d))
+  w_probs = jax.random.normal(keys[2], (b, heads, n, n))
+  for use_probs in (False, True):  # the probs cotangent: symbolic zero, then non-zero
+    def loss(f, x):
+      out, probs = f(x, heads)
+      return (out * w_out).sum() + (use_probs * (probs * w_probs).sum() if use_probs else 0.0)
+    got = jax.jit(jax.value_and_grad(lambda x: loss(attention_cpu.attention, x)))(qkv)
+    want = jax.jit(jax.value_and_grad(lambda x: loss(_reference, x)))(qkv)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], atol=2e-5 * float(jnp.abs(want[1]).max()))
+  out, probs = jax.jit(attention_cpu.attention, static_argnums=1)(qkv, heads)
+  ref_out, ref_probs = _reference(qkv, heads)
+  np.testing.assert_allclose(out, ref_out, atol=1e-5 * float(jnp.abs(ref_out).max()))
+  np.testing.assert_allclose(probs, ref_probs, atol=1e-6)
+
+
+def test_softmax_of_extreme_scores_underflows_to_zero_and_propagates_nan():
+  qkv = np.zeros((1, 3, 3), np.float32)
+  qkv[0, :, 0] = [1.0, 0.0, 0.0]    # q of token 0
+  qkv[0, :, 1] = [0.0, 0.0, 200.0]  # k: token 2's score is 200 above the others
+  out, probs = attention_cpu.attention(jnp.asarray(qkv), 1)
+  np.testing.assert_array_equal(probs[0, 0, 0], [0.0, 0.0, 1.0])
+  qkv[0, 1, 1] = np.nan
+  _, probs = attention_cpu.attention(jnp.asarray(qkv), 1)
+  assert np.isnan(np.asarray(probs)[0, 0, 0]).all()
+
+
+def test_vit_with_the_kernel_matches_xla_in_training_and_captures():
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  xla = VisionTransformer(**TINY, attention_impl="xla")
+  kern = dataclasses.replace(xla, attention_impl="cpu_kernel")
+  variables = xla.init(jax.random.key(0), x)
+
+  def run(model):
+    def loss(v):
+      logits, aux = model.apply(v, x, train=True, rngs={"dropout": jax.random.key(2)},
+                                capture=("attn", "attn_cls"))
+      return logits.sum() + aux["attn_cls"][:, :, :, 1:].sum() * 3.0, (logits, aux)
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables)
+
+  (l_k, (logits_k, aux_k)), g_k = run(kern)
+  (l_x, (logits_x, aux_x)), g_x = run(xla)
+  np.testing.assert_allclose(logits_k, logits_x, atol=1e-5)
+  np.testing.assert_allclose(aux_k["attn"], aux_x["attn"], atol=1e-6)
+  np.testing.assert_allclose(aux_k["attn_cls"], aux_x["attn_cls"], atol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(g_k), jax.tree_util.tree_leaves(g_x)):
+    np.testing.assert_allclose(a, b, atol=1e-5 * max(1.0, float(jnp.abs(b).max())))
+  hlo = jax.jit(lambda v: kern.apply(v, x, capture=("attn",))).lower(variables).as_text()
+  assert attention_cpu.FORWARD in hlo
+  # Outputs the kernel does not give (scores, attention deltas) use XLA's attention.
+  hlo = jax.jit(lambda v: kern.apply(v, x, capture=("scores",))).lower(variables).as_text()
+  assert attention_cpu.FORWARD not in hlo
+
+
+def test_auto_uses_xla_on_several_devices_and_unknown_impl_fails():
+  assert jax.device_count() > 1  # conftest: 8 fake CPU devices
+  assert not vit.use_attention_kernel("auto")
+  assert vit.use_attention_kernel("cpu_kernel")
+  x = jnp.zeros((1, 32, 32, 3))
+  with pytest.raises(ValueError, match=r"unknown attention_impl 'fast'.*'cpu_kernel'"):
+    VisionTransformer(**TINY, attention_impl="fast").init(jax.random.key(0), x)
+
+
+def test_a_failed_build_raises_with_the_compiler_output_and_leaves_no_library(tmp_path):
+  lib = tmp_path / "k.so"
+  with pytest.raises(attention_cpu.KernelBuildError, match="compiling .*attention_cpu.cc failed"):
+    attention_cpu._compile(str(lib), "false")
+  assert list(tmp_path.iterdir()) == []

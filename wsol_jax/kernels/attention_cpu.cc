@@ -1,0 +1,210 @@
+// Multi-head self-attention core for XLA:CPU, forward and backward, as XLA FFI handlers.
+//
+// Works on the fused qkv projection's output as it is, (B, N, 3·H·d) with q, k, v of head h
+// at columns [h·d, (h+1)·d), [C + h·d, ...), [2C + h·d, ...) (C = H·d, timm's layout), so
+// no head split or merge is materialised. Per (batch, head), on XLA's intra-op threads:
+//   forward   P = softmax(scale · Q Kᵀ)   O = P V            (O written into (B, N, C))
+//   backward  dV = Pᵀ dO   dP = dO Vᵀ + G   dS = P ⊙ (dP − rowsum(P ⊙ dP))
+//             dQ = scale · dS K   dK = scale · dSᵀ Q          (written into (B, N, 3C))
+// with single-threaded OpenBLAS sgemm on operands that stay in L2, instead of XLA:CPU's
+// batched dots around a (3, B, H, N, d) transpose. G is an optional cotangent of P.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "cblas.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Runs fn(0..n-1) on the calling thread and XLA's intra-op pool. Items are claimed from a
+// shared counter, so the caller never waits for a task that has not started (two kernels
+// running at once on a small pool cannot deadlock); late tasks find nothing and return.
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, std::function<void(int64_t)> fn) {
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+    int64_t n;
+    std::function<void(int64_t)> fn;
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto st = std::make_shared<State>();
+  st->n = n;
+  st->fn = std::move(fn);
+  auto work = [st] {
+    for (int64_t i; (i = st->next.fetch_add(1)) < st->n;) {
+      st->fn(i);
+      if (st->done.fetch_add(1) + 1 == st->n) {
+        std::lock_guard<std::mutex> l(st->mu);
+        st->cv.notify_all();
+      }
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work(); });
+  work();
+  std::unique_lock<std::mutex> l(st->mu);
+  st->cv.wait(l, [&] { return st->done.load() == st->n; });
+}
+
+void OneBlasThread() {
+  static bool once = (scipy_openblas_set_num_threads(1), true);
+  (void)once;
+}
+
+// exp(x) for x ≤ 0 (softmax after subtracting the row max) in a form the compiler
+// vectorises: 2^n · p(r), r = x − n·ln2, |r| ≤ ln2/2, degree-6 polynomial (≤ 2 ulp).
+// Underflows to 0 below −87.3; NaN propagates.
+inline float ExpNonPositive(float x) {
+  const float xc = x < -87.3f ? -87.3f : x;
+  const float n = __builtin_roundf(xc * 1.44269504088896341f);
+  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = (p * r) * r + r + 1.0f;
+  int32_t bits = static_cast<int32_t>(n) + 127;
+  bits <<= 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const float y = p * scale;
+  return x < -87.3f ? 0.0f : (x != x ? x : y);
+}
+
+// Row-wise softmax of s (n×n, row-major) in place; s already holds the scaled scores.
+void SoftmaxRows(float* s, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    float* row = s + i * n;
+    float m = row[0];
+    for (int64_t j = 1; j < n; ++j) m = row[j] > m ? row[j] : m;
+    float z = 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+      row[j] = ExpNonPositive(row[j] - m);
+      z += row[j];
+    }
+    for (int64_t j = 0; j < n; ++j) row[j] /= z;
+  }
+}
+
+struct Dims {
+  int64_t b, n, c, h, d;
+};
+
+// Dims of qkv (B, N, 3·heads·d), or false if it does not have that form.
+bool CheckQkv(ffi::Buffer<ffi::F32>& qkv, int64_t heads, Dims* out) {
+  auto dims = qkv.dimensions();
+  if (dims.size() != 3 || heads <= 0 || dims[2] % (3 * heads) != 0) return false;
+  *out = Dims{dims[0], dims[1], dims[2] / 3, heads, dims[2] / (3 * heads)};
+  return true;
+}
+
+ffi::Error BadQkv() {
+  return ffi::Error::InvalidArgument("wsol attention: qkv must be (B, N, 3·heads·head_dim) float32");
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::ResultBuffer<ffi::F32> out,
+                   ffi::ResultBuffer<ffi::F32> probs, int64_t heads, float scale) {
+  OneBlasThread();
+  Dims s;
+  if (!CheckQkv(qkv, heads, &s)) return BadQkv();
+  const int64_t c3 = 3 * s.c;
+  const float* x = qkv.typed_data();
+  float* o = out->typed_data();
+  float* p_all = probs->typed_data();
+  ParallelFor(pool, s.b * s.h, [=](int64_t bh) {
+    const int64_t b = bh / s.h, h = bh % s.h;
+    const float* q = x + b * s.n * c3 + h * s.d;
+    const float* k = q + s.c;
+    const float* v = q + 2 * s.c;
+    float* p = p_all + bh * s.n * s.n;
+    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.n, s.n, s.d, scale, q, c3, k, c3,
+                      0.0f, p, s.n);
+    SoftmaxRows(p, s.n);
+    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.n, s.d, s.n, 1.0f, p, s.n, v, c3,
+                      0.0f, o + b * s.n * s.c + h * s.d, s.c);
+  });
+  return ffi::Error::Success();
+}
+
+// g_probs: the cotangent of P, or an empty buffer when it is zero.
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::F32> probs,
+                    ffi::Buffer<ffi::F32> g_out, ffi::Buffer<ffi::F32> g_probs,
+                    ffi::ResultBuffer<ffi::F32> g_qkv, int64_t heads, float scale) {
+  OneBlasThread();
+  Dims s;
+  if (!CheckQkv(qkv, heads, &s)) return BadQkv();
+  const bool has_gp = g_probs.element_count() != 0;
+  if (has_gp && g_probs.element_count() != probs.element_count()) {
+    return ffi::Error::InvalidArgument("wsol attention: probs cotangent has the wrong size");
+  }
+  const int64_t c3 = 3 * s.c;
+  const float* x = qkv.typed_data();
+  const float* p_all = probs.typed_data();
+  const float* go = g_out.typed_data();
+  const float* gp_all = has_gp ? g_probs.typed_data() : nullptr;
+  float* gx = g_qkv->typed_data();
+  ParallelFor(pool, s.b * s.h, [=](int64_t bh) {
+    thread_local std::vector<float> scratch;
+    scratch.resize(s.n * s.n);
+    float* dp = scratch.data();
+    const int64_t b = bh / s.h, h = bh % s.h;
+    const float* q = x + b * s.n * c3 + h * s.d;
+    const float* k = q + s.c;
+    const float* v = q + 2 * s.c;
+    const float* p = p_all + bh * s.n * s.n;
+    const float* dout = go + b * s.n * s.c + h * s.d;
+    float* dq = gx + b * s.n * c3 + h * s.d;
+    float* dk = dq + s.c;
+    float* dv = dq + 2 * s.c;
+    scipy_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s.n, s.d, s.n, 1.0f, p, s.n, dout,
+                      s.c, 0.0f, dv, c3);
+    if (has_gp) std::memcpy(dp, gp_all + bh * s.n * s.n, sizeof(float) * s.n * s.n);
+    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.n, s.n, s.d, 1.0f, dout, s.c, v,
+                      c3, has_gp ? 1.0f : 0.0f, dp, s.n);
+    for (int64_t i = 0; i < s.n; ++i) {
+      const float* pr = p + i * s.n;
+      float* dr = dp + i * s.n;
+      float dot = 0.0f;
+      for (int64_t j = 0; j < s.n; ++j) dot += pr[j] * dr[j];
+      for (int64_t j = 0; j < s.n; ++j) dr[j] = pr[j] * (dr[j] - dot);
+    }
+    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.n, s.d, s.n, scale, dp, s.n, k,
+                      c3, 0.0f, dq, c3);
+    scipy_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s.n, s.d, s.n, scale, dp, s.n, q,
+                      c3, 0.0f, dk, c3);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(WsolAttentionForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("heads")
+                                  .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(WsolAttentionBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("heads")
+                                  .Attr<float>("scale"));
