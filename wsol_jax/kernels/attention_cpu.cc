@@ -18,6 +18,10 @@
 #include <mutex>
 #include <vector>
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 #include "cblas.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -60,40 +64,103 @@ void OneBlasThread() {
   (void)once;
 }
 
-// exp(x) for x ≤ 0 (softmax after subtracting the row max) in a form the compiler
-// vectorises: 2^n · p(r), r = x − n·ln2, |r| ≤ ln2/2, degree-6 polynomial (≤ 2 ulp).
-// Underflows to 0 below −87.3; NaN propagates.
+// exp(x) for x ≤ 0 (softmax after subtracting the row max): 2^n · p(r), r = x − n·ln2,
+// |r| ≤ ln2/2, degree-6 polynomial (≤ 2 ulp); 0 below −87.3; NaN propagates.
+constexpr float kExpMin = -87.3f, kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f,
+                kLn2Lo = -2.12194440e-4f;
+constexpr float kExpPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                               4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
 inline float ExpNonPositive(float x) {
-  const float xc = x < -87.3f ? -87.3f : x;
-  const float n = __builtin_roundf(xc * 1.44269504088896341f);
-  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
+  const float xc = x < kExpMin ? kExpMin : x;
+  const float n = __builtin_nearbyintf(xc * kLog2e);
+  const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
+  float p = kExpPoly[0];
+  for (int i = 1; i < 6; ++i) p = p * r + kExpPoly[i];
   p = (p * r) * r + r + 1.0f;
-  int32_t bits = static_cast<int32_t>(n) + 127;
-  bits <<= 23;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  const float y = p * scale;
-  return x < -87.3f ? 0.0f : (x != x ? x : y);
+  return x < kExpMin ? 0.0f : (x != x ? x : p * scale);
 }
+
+#if defined(__AVX2__) && defined(__FMA__)
+inline __m256 ExpNonPositive8(__m256 x) {
+  const __m256 xc = _mm256_max_ps(x, _mm256_set1_ps(kExpMin));  // NaN -> kExpMin, fixed below
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(kLog2e)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), xc);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+  __m256 p = _mm256_set1_ps(kExpPoly[0]);
+  for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpPoly[i]));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i bits = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+  y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_set1_ps(kExpMin), _CMP_LT_OQ));
+  return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+inline float HorizontalSum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+}
+
+inline float HorizontalMax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_max_ss(s, _mm_shuffle_ps(s, s, 1)));
+}
+#endif
 
 // Row-wise softmax of s (n×n, row-major) in place; s already holds the scaled scores.
 void SoftmaxRows(float* s, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     float* row = s + i * n;
-    float m = row[0];
-    for (int64_t j = 1; j < n; ++j) m = row[j] > m ? row[j] : m;
-    float z = 0.0f;
-    for (int64_t j = 0; j < n; ++j) {
+    int64_t j = 0;
+    float m = row[0], z = 0.0f;
+#if defined(__AVX2__) && defined(__FMA__)
+    if (n >= 8) {
+      __m256 vm = _mm256_loadu_ps(row);
+      for (j = 8; j + 8 <= n; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(row + j));
+      m = HorizontalMax(vm);
+    }
+    for (; j < n; ++j) m = row[j] > m ? row[j] : m;
+    const __m256 vmax = _mm256_set1_ps(m);
+    __m256 vz = _mm256_setzero_ps();
+    for (j = 0; j + 8 <= n; j += 8) {
+      const __m256 e = ExpNonPositive8(_mm256_sub_ps(_mm256_loadu_ps(row + j), vmax));
+      _mm256_storeu_ps(row + j, e);
+      vz = _mm256_add_ps(vz, e);
+    }
+    z = HorizontalSum(vz);
+#else
+    for (j = 1; j < n; ++j) m = row[j] > m ? row[j] : m;
+    j = 0;
+#endif
+    for (; j < n; ++j) {
       row[j] = ExpNonPositive(row[j] - m);
       z += row[j];
     }
-    for (int64_t j = 0; j < n; ++j) row[j] /= z;
+    for (j = 0; j < n; ++j) row[j] /= z;
+  }
+}
+
+// dS = P ⊙ (dP − rowsum(P ⊙ dP)) in place of dP (n×n).
+void SoftmaxBackwardRows(const float* p, float* dp, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float* pr = p + i * n;
+    float* dr = dp + i * n;
+    int64_t j = 0;
+    float dot = 0.0f;
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256 acc = _mm256_setzero_ps();
+    for (; j + 8 <= n; j += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(pr + j), _mm256_loadu_ps(dr + j), acc);
+    dot = HorizontalSum(acc);
+#endif
+    for (; j < n; ++j) dot += pr[j] * dr[j];
+    for (j = 0; j < n; ++j) dr[j] = pr[j] * (dr[j] - dot);
   }
 }
 
@@ -172,13 +239,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Buffer
     if (has_gp) std::memcpy(dp, gp_all + bh * s.n * s.n, sizeof(float) * s.n * s.n);
     scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.n, s.n, s.d, 1.0f, dout, s.c, v,
                       c3, has_gp ? 1.0f : 0.0f, dp, s.n);
-    for (int64_t i = 0; i < s.n; ++i) {
-      const float* pr = p + i * s.n;
-      float* dr = dp + i * s.n;
-      float dot = 0.0f;
-      for (int64_t j = 0; j < s.n; ++j) dot += pr[j] * dr[j];
-      for (int64_t j = 0; j < s.n; ++j) dr[j] = pr[j] * (dr[j] - dot);
-    }
+    SoftmaxBackwardRows(p, dp, s.n);
     scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.n, s.d, s.n, scale, dp, s.n, k,
                       c3, 0.0f, dq, c3);
     scipy_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s.n, s.d, s.n, scale, dp, s.n, q,
