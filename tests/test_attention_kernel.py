@@ -95,3 +95,15 @@ def test_a_failed_build_raises_with_the_compiler_output_and_leaves_no_library(tm
   with pytest.raises(attention_cpu.KernelBuildError, match="compiling .*attention_cpu.cc failed"):
     attention_cpu._compile(str(lib), "false")
   assert list(tmp_path.iterdir()) == []
+
+
+def test_auto_falls_back_with_a_warning_when_the_kernel_cannot_build(monkeypatch):
+  def fail():
+    raise attention_cpu.KernelBuildError("no compiler here")
+  monkeypatch.setattr(attention_cpu, "load", fail)
+  attention_cpu.available.cache_clear()
+  try:
+    with pytest.warns(UserWarning, match="using XLA's attention: no compiler here"):
+      assert not attention_cpu.available()
+  finally:
+    attention_cpu.available.cache_clear()

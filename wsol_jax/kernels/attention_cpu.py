@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 
 import jax
 import jaxlib
@@ -98,10 +99,12 @@ def load() -> str:
 
 @functools.cache
 def available() -> bool:
-  """Whether ``load()`` succeeds here (cached)."""
+  """Whether ``load()`` succeeds here (cached; warns once with the reason when not)."""
   try:
     load()
-  except KernelBuildError:
+  except KernelBuildError as e:
+    warnings.warn(f"the CPU attention kernel is not available, using XLA's attention: {e}",
+                  stacklevel=2)
     return False
   return True
 
