@@ -1,17 +1,17 @@
 """Experiment: the TS-CAM DeiT-S step with its Dense layers on OpenBLAS (XLA FFI) vs XLA:CPU's dots.
 
-  pip install scipy-openblas32 torch==2.13.0   # only scipy-openblas32 is needed here
   python benchmarks/blas_dense.py --steps 5
   OPENBLAS_NUM_THREADS=1 taskset -c 0 python benchmarks/blas_dense.py --steps 2   # one core
 
 Not part of the library: a measurement for deciding whether wsol_jax should route CPU
 Dense layers to a BLAS. It compiles a ~40-line XLA FFI handler (``KERNEL`` below) with the
-system C++ compiler against jaxlib's FFI headers and scipy-openblas32, and builds the
+system C++ compiler against jaxlib's FFI headers and scipy-openblas32 (a wsol_jax
+dependency), and builds the
 benchmark's TS-CAM step twice: as is, and with every ``nn.Dense`` of the ViT given a
 ``dot_general`` that calls the handler (custom VJP: dX = g·Wᵀ, dW = Xᵀ·g, the same
 handler with transpose flags). The handler splits the output rows over XLA's intra-op
-thread pool and runs single-threaded ``sgemm`` on each chunk (chunks are claimed from a
-shared counter, so two kernels running at once on a 2-thread pool cannot deadlock).
+thread pool and runs single-threaded ``sgemm`` on each chunk (``ParallelFor`` of
+``wsol_jax/kernels/pool_tasks.h``, shared with the attention kernel).
 Both steps are timed interleaved with the matmul rate; the ratio is "BLAS / XLA".
 """
 from __future__ import annotations
@@ -29,47 +29,16 @@ from wsol_jax import host_memory  # noqa: E402
 
 KERNEL = r"""
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <functional>
-#include <memory>
-#include <mutex>
 #include "xla/ffi/api/ffi.h"
 #include "cblas.h"
+#include "pool_tasks.h"  // wsol_jax/kernels: ParallelFor over XLA's pool, OneBlasThread
 namespace ffi = xla::ffi;
-
-// Runs fn(0..n-1) on the calling thread and XLA's intra-op pool. Chunks are claimed from
-// a shared counter, so the caller never waits for a task that has not started (two kernels
-// running at once on a 2-thread pool cannot deadlock); late tasks find nothing and exit.
-static void ParallelFor(ffi::ThreadPool& pool, int64_t n, std::function<void(int64_t)> fn) {
-  struct State {
-    std::atomic<int64_t> next{0}, done{0};
-    int64_t n;
-    std::function<void(int64_t)> fn;
-    std::mutex mu;
-    std::condition_variable cv;
-  };
-  auto st = std::make_shared<State>();
-  st->n = n; st->fn = std::move(fn);
-  auto work = [st] {
-    for (int64_t i; (i = st->next.fetch_add(1)) < st->n;) {
-      st->fn(i);
-      if (st->done.fetch_add(1) + 1 == st->n) { std::lock_guard<std::mutex> l(st->mu); st->cv.notify_all(); }
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work(); });
-  work();
-  std::unique_lock<std::mutex> l(st->mu);
-  st->cv.wait(l, [&] { return st->done.load() == st->n; });
-}
-
-static void SetOneThread() { static bool once = (scipy_openblas_set_num_threads(1), true); (void)once; }
+using wsol::ParallelFor;
 
 static ffi::Error GemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
                            ffi::ResultBuffer<ffi::F32> c, bool trans_a, bool trans_b) {
-  SetOneThread();
+  wsol::OneBlasThread();
   auto da = a.dimensions(); auto db = b.dimensions();
   if (da.size() != 2 || db.size() != 2) return ffi::Error::InvalidArgument("wsol_gemm: 2-D operands");
   const int64_t m = trans_a ? da[1] : da[0], k = trans_a ? da[0] : da[1], n = trans_b ? db[0] : db[1];
@@ -95,15 +64,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(WsolGemm, GemmImpl,
 def build_kernel() -> ctypes.CDLL:
   """Compiles ``KERNEL`` into a temporary shared library and loads it."""
   import jax.ffi
+  from wsol_jax.kernels import attention_cpu
   try:
     import scipy_openblas32 as openblas
   except ImportError:
-    sys.exit("error: this benchmark needs scipy-openblas32: pip install scipy-openblas32")
+    sys.exit("error: this benchmark needs scipy-openblas32 (a wsol_jax dependency): pip install -e .")
   out = tempfile.mkdtemp(prefix="wsol_blas_")
   src, lib = os.path.join(out, "gemm.cc"), os.path.join(out, "libwsol_gemm.so")
   with open(src, "w") as f:
     f.write(KERNEL)
   cmd = ["c++", "-O3", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}",
+         f"-I{attention_cpu.KERNEL_DIR}",
          f"-I{openblas.get_include_dir()}", src, f"-L{openblas.get_lib_dir()}",
          f"-l{openblas.get_library()}", f"-Wl,-rpath,{openblas.get_lib_dir()}", "-o", lib]
   subprocess.run(cmd, check=True)

@@ -9,13 +9,8 @@
 // with single-threaded OpenBLAS sgemm on operands that stay in L2, instead of XLA:CPU's
 // batched dots around a (3, B, H, N, d) transpose. G is an optional cotangent of P.
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <functional>
-#include <memory>
-#include <mutex>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -23,46 +18,15 @@
 #endif
 
 #include "cblas.h"
+#include "pool_tasks.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-// Runs fn(0..n-1) on the calling thread and XLA's intra-op pool. Items are claimed from a
-// shared counter, so the caller never waits for a task that has not started (two kernels
-// running at once on a small pool cannot deadlock); late tasks find nothing and return.
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, std::function<void(int64_t)> fn) {
-  struct State {
-    std::atomic<int64_t> next{0}, done{0};
-    int64_t n;
-    std::function<void(int64_t)> fn;
-    std::mutex mu;
-    std::condition_variable cv;
-  };
-  auto st = std::make_shared<State>();
-  st->n = n;
-  st->fn = std::move(fn);
-  auto work = [st] {
-    for (int64_t i; (i = st->next.fetch_add(1)) < st->n;) {
-      st->fn(i);
-      if (st->done.fetch_add(1) + 1 == st->n) {
-        std::lock_guard<std::mutex> l(st->mu);
-        st->cv.notify_all();
-      }
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work(); });
-  work();
-  std::unique_lock<std::mutex> l(st->mu);
-  st->cv.wait(l, [&] { return st->done.load() == st->n; });
-}
-
-void OneBlasThread() {
-  static bool once = (scipy_openblas_set_num_threads(1), true);
-  (void)once;
-}
+using wsol::OneBlasThread;
+using wsol::ParallelFor;
 
 // exp(x) for x ≤ 0 (softmax after subtracting the row max): 2^n · p(r), r = x − n·ln2,
 // |r| ≤ ln2/2, degree-6 polynomial (≤ 2 ulp); 0 below −87.3; NaN propagates.

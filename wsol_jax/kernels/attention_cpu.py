@@ -29,7 +29,9 @@ import jaxlib
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attention_cpu.cc")
+KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(KERNEL_DIR, "attention_cpu.cc")
+HEADERS = (os.path.join(KERNEL_DIR, "pool_tasks.h"),)
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno",
          "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros", "-w")
 FORWARD, BACKWARD = "wsol_attention_fwd", "wsol_attention_bwd"  # FFI target names
@@ -81,8 +83,10 @@ def load() -> str:
   compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
   if compiler is None:
     raise KernelBuildError("the CPU attention kernel needs a C++ compiler (c++ or $CXX) on PATH")
-  with open(SOURCE, "rb") as f:
-    key = hashlib.sha256(f.read())
+  key = hashlib.sha256()
+  for path in (SOURCE, *HEADERS):
+    with open(path, "rb") as f:
+      key.update(f.read())
   for part in (" ".join(FLAGS), jax.__version__, jaxlib.__version__, compiler, _cpu_flags()):
     key.update(part.encode())
   lib_path = os.path.join(cache_dir(), f"attention_cpu-{key.hexdigest()[:16]}.so")
