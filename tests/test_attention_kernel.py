@@ -107,3 +107,10 @@ def test_auto_falls_back_with_a_warning_when_the_kernel_cannot_build(monkeypatch
       assert not attention_cpu.available()
   finally:
     attention_cpu.available.cache_clear()
+
+
+def test_an_unwritable_cache_directory_is_a_build_error(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  with pytest.raises(attention_cpu.KernelBuildError, match="set WSOL_JAX_CACHE"):
+    attention_cpu._compile(str(blocker / "kernels" / "k.so"), "c++")

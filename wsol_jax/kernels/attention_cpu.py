@@ -61,8 +61,12 @@ def _compile(lib_path: str, compiler: str) -> None:
   except ImportError as e:
     raise KernelBuildError("the CPU attention kernel needs scipy-openblas32 "
                            "(pip install scipy-openblas32)") from e
-  os.makedirs(os.path.dirname(lib_path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(lib_path))
+  try:
+    os.makedirs(os.path.dirname(lib_path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(lib_path))
+  except OSError as e:
+    raise KernelBuildError(f"cannot write the kernel into {os.path.dirname(lib_path)} "
+                           f"(set WSOL_JAX_CACHE to a writable directory): {e}") from e
   os.close(fd)
   cmd = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{openblas.get_include_dir()}",
          SOURCE, f"-L{openblas.get_lib_dir()}", f"-l{openblas.get_library()}",
