@@ -64,8 +64,8 @@ def matmul_rates(n: int = 2048, repeats: int = MATMUL_RUNS) -> tuple[float, floa
   return 2 * n ** 3 / best, repeats * 2 * n ** 3 / (time.perf_counter() - start)
 
 
-def build(method_name: str, batch: int, attention_impl: str = "auto"):
-  """(jitted step, state, batch, FLOPs per step) of ``method_name`` on a random batch."""
+def _jitted_step(method_name: str, batch: int, attention_impl: str):
+  """(jitted train step, its mesh, a function making its initial state)."""
   model_name, size, extra = SETUPS[method_name]
   cfg = config_lib.base_config()
   cfg.method = method_name
@@ -83,9 +83,16 @@ def build(method_name: str, batch: int, attention_impl: str = "auto"):
   tx = optim.make_optimizer(cfg, sched, method.param_labels(params))
   mesh = sharding.make_mesh()
   rep = sharding.replicated(mesh)
-  state = jax.jit(lambda: trainer.init_state(method, tx, 0), out_shardings=rep)()
   step = jax.jit(trainer.make_train_step(method, tx, sched), donate_argnums=(0,),
                  in_shardings=(rep, sharding.batch_sharding(mesh)), out_shardings=(rep, rep))
+  return step, mesh, jax.jit(lambda: trainer.init_state(method, tx, 0), out_shardings=rep)
+
+
+def build(method_name: str, batch: int, attention_impl: str = "auto"):
+  """(compiled step, state, batch, FLOPs per step) of ``method_name`` on a random batch."""
+  step, mesh, init_state = _jitted_step(method_name, batch, attention_impl)
+  state = init_state()
+  size = SETUPS[method_name][1]
   rng = np.random.default_rng(0)
   batch_np = {"image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
               "label": rng.integers(0, 200, (batch,), dtype=np.int32)}
@@ -93,11 +100,13 @@ def build(method_name: str, batch: int, attention_impl: str = "auto"):
   compiled = step.lower(state, batch_dev).compile()
   if attention_kernel.FORWARD in compiled.as_text():
     # XLA cannot count inside the CPU attention kernel (an FFI call): count the same step
-    # with XLA's attention (its lowered HLO; within 0.1 % of the compiled step's count).
-    ref, ref_state, ref_batch, _ = build(method_name, batch, "xla")
-    return step, state, batch_dev, _flops(ref.lower(ref_state, ref_batch)) * mesh.devices.size
+    # with XLA's attention (its lowered HLO, same state and batch; within 0.1 % of the
+    # compiled step's count).
+    flops = _flops(_jitted_step(method_name, batch, "xla")[0].lower(state, batch_dev))
+  else:
+    flops = _flops(compiled)
   # XLA's cost analysis counts one device's share of the batch-sharded step.
-  return step, state, batch_dev, _flops(compiled) * mesh.devices.size
+  return compiled, state, batch_dev, flops * mesh.devices.size
 
 
 def _flops(stage) -> float:
@@ -125,13 +134,13 @@ def patched_step_runner(method_name: str, batch: int,
   ``replacements`` in place (e.g. a model function swapped for an experiment); the runner
   calls that compiled executable, so it keeps them after they are restored."""
   with patched(replacements):
-    step, state, batch_dev, flops = build(method_name, batch)
-    compiled = step.lower(state, batch_dev).compile()
+    compiled, state, batch_dev, flops = build(method_name, batch)
   return step_runner(compiled, state, batch_dev), flops
 
 
 def step_runner(step, state, batch) -> Callable[[], float]:
-  """A closure running one jitted ``step`` (carrying its state) and returning its seconds."""
+  """A closure running one ``step`` (jitted or compiled; carrying its state) and returning
+  its seconds."""
 
   def run() -> float:
     nonlocal state
@@ -176,7 +185,7 @@ def main() -> None:
   kept = args.malloc == "keep" and host_memory.keep_freed_host_memory()  # before JAX starts
   names = args.methods.split(",")
   built = {name: build(name, args.batch, args.attention) for name in names}
-  kernel = any(attention_kernel.FORWARD in b[0].lower(*b[1:3]).as_text() for b in built.values())
+  kernel = any(attention_kernel.FORWARD in b[0].as_text() for b in built.values())
   times, rates = time_round_robin({n: step_runner(*b[:3]) for n, b in built.items()}, args.steps)
   burst = max(r[0] for r in rates)
   sustained = statistics.median(r[1] for r in rates)

@@ -11,7 +11,7 @@ from wsol_jax.models import vit
 from wsol_jax.models.vit import VisionTransformer
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=3, num_classes=5,
-            head="conv3x3", drop_path_rate=0.1)
+            head="conv3x3", drop_path_rate=0.1, drop_rate=0.1)
 
 
 def _reference(qkv, heads):

@@ -175,37 +175,53 @@ class Attention(nn.Module):
     if stop_grad_input:
       x = jax.lax.stop_gradient(x)
     qkv = _dense(3 * dim, "qkv", self.dtype, use_bias=self.qkv_bias)(x)
+    # Created in both paths (unused by the kernel's), so the proj dropout's name and RNG
+    # stream do not depend on the path.
+    attn_dropout = nn.Dropout(self.attn_drop, deterministic=not train)
     if kernel:
       from wsol_jax.kernels import attention_cpu
       out, attn = attention_cpu.attention(qkv, h)
       internals = {"attn": attn}
       if cls_row:
-        q_cls = qkv[:, :1, :dim].reshape(b, 1, h, d)
-        k = qkv[:, :, dim:2 * dim].reshape(b, n, h, d)
-        row = jnp.einsum("bqhd,bkhd->bhqk", q_cls * (d ** -0.5), k)
-        internals["attn_cls"] = jax.nn.softmax(row, axis=-1)[:, :, 0]
-      out = _dense(dim, "proj", self.dtype)(out)
-      return nn.Dropout(self.proj_drop, deterministic=not train)(out), internals
-    # Heads-major (3, B, H, N, d) once: the batched attention dots then need no layout
-    # changes of their own, which XLA:CPU otherwise places on the slow backward dots.
-    # A split (not indexing) so that the backward concatenates dq, dk, dv instead of
-    # zero-padding each to the full size and adding the three.
-    qkv = qkv.reshape(b, n, 3, h, d).transpose(2, 0, 3, 1, 4)
-    q, k, v = (t[0] for t in jax.lax.split(qkv, (1, 1, 1), axis=0))  # (B, H, N, d)
-    scores = jnp.einsum("bhqd,bhkd->bhqk", q * (d ** -0.5), k)
-    attn = _add_delta(jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype), delta)
-    internals = {"attn": attn, "scores": scores}
-    if cls_row:
-      # The class-token row once more on its own (B·H·N·d work): a gradient into it (SCM's
-      # F⁰) then reaches q_cls and K directly, instead of as a (B, H, N, N) cotangent that
-      # is zero outside row 0 and passes through the whole softmax backward of every layer.
-      row = jnp.einsum("bhqd,bhkd->bhqk", q[:, :, :1] * (d ** -0.5), k)
-      row = jax.nn.softmax(row.astype(jnp.float32), axis=-1).astype(q.dtype)
-      internals["attn_cls"] = _add_delta(row, None if delta is None else delta[:, :, :1])[:, :, 0]
-    attn = nn.Dropout(self.attn_drop, deterministic=not train)(attn)
-    out = jnp.einsum("bhqk,bhkd->bhqd", attn, v).transpose(0, 2, 1, 3).reshape(b, n, dim)
+        q_cls = qkv[:, :1, :dim].reshape(b, 1, h, d).transpose(0, 2, 1, 3)
+        k = qkv[:, :, dim:2 * dim].reshape(b, n, h, d).transpose(0, 2, 1, 3)
+        internals["attn_cls"] = _class_row(q_cls, k, None)
+    else:
+      out, internals = _xla_attention(qkv, h, delta, cls_row, attn_dropout)
     out = _dense(dim, "proj", self.dtype)(out)
     return nn.Dropout(self.proj_drop, deterministic=not train)(out), internals
+
+
+def _xla_attention(qkv: jax.Array, h: int, delta: jax.Array | None, cls_row: bool,
+                   dropout: Callable[[jax.Array], jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """XLA's attention core: heads-merged output (B, N, C) and internals from qkv (B, N, 3C)."""
+  b, n, c3 = qkv.shape
+  d, dim = c3 // 3 // h, c3 // 3
+  # Heads-major (3, B, H, N, d) once: the batched attention dots then need no layout
+  # changes of their own, which XLA:CPU otherwise places on the slow backward dots.
+  # A split (not indexing) so that the backward concatenates dq, dk, dv instead of
+  # zero-padding each to the full size and adding the three.
+  qkv = qkv.reshape(b, n, 3, h, d).transpose(2, 0, 3, 1, 4)
+  q, k, v = (t[0] for t in jax.lax.split(qkv, (1, 1, 1), axis=0))  # (B, H, N, d)
+  scores = jnp.einsum("bhqd,bhkd->bhqk", q * (d ** -0.5), k)
+  attn = _add_delta(jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype), delta)
+  internals = {"attn": attn, "scores": scores}
+  if cls_row:
+    # The class-token row once more on its own (B·H·N·d work): a gradient into it (SCM's
+    # F⁰) then reaches q_cls and K directly, instead of as a (B, H, N, N) cotangent that
+    # is zero outside row 0 and passes through the whole softmax backward of every layer.
+    internals["attn_cls"] = _class_row(q[:, :, :1], k, delta)
+  attn = dropout(attn)
+  out = jnp.einsum("bhqk,bhkd->bhqd", attn, v).transpose(0, 2, 1, 3).reshape(b, n, dim)
+  return out, internals
+
+
+def _class_row(q_cls: jax.Array, k: jax.Array, delta: jax.Array | None) -> jax.Array:
+  """Class-token attention row (B, H, N) of q_cls (B, H, 1, d) and k (B, H, N, d), plus row 0
+  of ``delta`` if given."""
+  row = jnp.einsum("bhqd,bhkd->bhqk", q_cls * (q_cls.shape[-1] ** -0.5), k)
+  row = jax.nn.softmax(row.astype(jnp.float32), axis=-1).astype(q_cls.dtype)
+  return _add_delta(row, None if delta is None else delta[:, :, :1])[:, :, 0]
 
 
 def _add_delta(attn: jax.Array, delta: jax.Array | None) -> jax.Array:
