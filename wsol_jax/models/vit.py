@@ -71,7 +71,8 @@ def use_attention_kernel(impl: str) -> bool:
 
 def _dense(features: int, name: str, dtype: Any, use_bias: bool = True) -> nn.Dense:
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
-                  kernel_init=layers.trunc_normal_init(0.02), bias_init=nn.initializers.zeros)
+                  dot_general=layers.dense_dot_general, kernel_init=layers.trunc_normal_init(0.02),
+                  bias_init=nn.initializers.zeros)
 
 
 def _layer_norm(eps: float, name: str, dtype: Any) -> nn.LayerNorm:
