@@ -239,3 +239,26 @@ def test_gradient_barrier_is_an_identity_that_survives_compilation():
   loss = lambda p: model.apply({"params": p}, images)[0].sum()
   hlo = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
   assert hlo.count(" while(") >= model.depth
+
+
+@pytest.mark.parametrize("x_shape", [(6, 4), (2, 5, 4)])
+def test_matmul_vjp_is_autodiff_with_the_weight_gradient_as_x_transpose_g(x_shape):
+  from wsol_jax.models import layers
+  x = jax.random.normal(jax.random.key(0), x_shape)
+  w = jax.random.normal(jax.random.key(1), (4, 3))
+  c = jax.random.normal(jax.random.key(2), x_shape[:-1] + (3,))
+  ours = jax.grad(lambda x, w: jnp.sum(jnp.tanh(layers.matmul(x, w)) * c), argnums=(0, 1))(x, w)
+  plain = jax.grad(lambda x, w: jnp.sum(jnp.tanh(x @ w) * c), argnums=(0, 1))(x, w)
+  for a, b in zip(ours, plain):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # On CPU the weight gradient is one dot with x on the left, contracting the rows of both.
+  # (Autodiff's rule gives g on the left and a (3, 4) product, which XLA:CPU lowers with a
+  # transposing copy of g.)
+  text = jax.jit(jax.grad(lambda w: jnp.sum(layers.matmul(x, w) * c))).lower(w).as_text()
+  rows = int(np.prod(x_shape[:-1]))
+  assert "contracting_dims = [0] x [0]" in text
+  assert f"(tensor<{rows}x4xf32>, tensor<{rows}x3xf32>) -> tensor<4x3xf32>" in text
+  # nn.Dense's other products fall back to lax.dot_general.
+  dims = (((0,), (0,)), ((), ()))
+  np.testing.assert_allclose(layers.dense_dot_general(x.reshape(-1, 4), x.reshape(-1, 4), dims),
+                             x.reshape(-1, 4).T @ x.reshape(-1, 4), rtol=1e-5)
