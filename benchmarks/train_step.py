@@ -21,6 +21,8 @@ with XLA's attention (the same arithmetic).
 Host malloc is configured as ``python -m wsol_jax.train`` configures it
 (``wsol_jax.host_memory``: freed memory stays in the process, so XLA:CPU's per-step
 buffers are not page-faulted again every step); ``--malloc default`` measures without.
+The step is compiled with the trainer's ``config.xla.cpu_dots`` (``wsol_jax.cpu_dots``;
+``--cpu-dots xla`` for XLA's own dot placement).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsol_jax import config_lib, host_memory, methods, optim, sharding
+from wsol_jax import config_lib, cpu_dots, host_memory, methods, optim, sharding
 from wsol_jax import trainer
 from wsol_jax.kernels import attention_cpu as attention_kernel
 
@@ -64,7 +66,8 @@ def matmul_rates(n: int = 2048, repeats: int = MATMUL_RUNS) -> tuple[float, floa
   return 2 * n ** 3 / best, repeats * 2 * n ** 3 / (time.perf_counter() - start)
 
 
-def _jitted_step(method_name: str, batch: int, attention_impl: str):
+def _jitted_step(method_name: str, batch: int, attention_impl: str,
+                 cpu_dots_choice: str | None = None):
   """(jitted train step, its mesh, a function making its initial state)."""
   model_name, size, extra = SETUPS[method_name]
   cfg = config_lib.base_config()
@@ -84,13 +87,15 @@ def _jitted_step(method_name: str, batch: int, attention_impl: str):
   mesh = sharding.make_mesh()
   rep = sharding.replicated(mesh)
   step = jax.jit(trainer.make_train_step(method, tx, sched), donate_argnums=(0,),
-                 in_shardings=(rep, sharding.batch_sharding(mesh)), out_shardings=(rep, rep))
+                 in_shardings=(rep, sharding.batch_sharding(mesh)), out_shardings=(rep, rep),
+                 compiler_options=cpu_dots.compiler_options(cpu_dots_choice or cfg.xla.cpu_dots))
   return step, mesh, jax.jit(lambda: trainer.init_state(method, tx, 0), out_shardings=rep)
 
 
-def build(method_name: str, batch: int, attention_impl: str = "auto"):
+def build(method_name: str, batch: int, attention_impl: str = "auto",
+          cpu_dots_choice: str | None = None):
   """(compiled step, state, batch, FLOPs per step) of ``method_name`` on a random batch."""
-  step, mesh, init_state = _jitted_step(method_name, batch, attention_impl)
+  step, mesh, init_state = _jitted_step(method_name, batch, attention_impl, cpu_dots_choice)
   state = init_state()
   size = SETUPS[method_name][1]
   rng = np.random.default_rng(0)
@@ -102,7 +107,8 @@ def build(method_name: str, batch: int, attention_impl: str = "auto"):
     # XLA cannot count inside the CPU attention kernel (an FFI call): count the same step
     # with XLA's attention (its lowered HLO, same state and batch; within 0.1 % of the
     # compiled step's count).
-    flops = _flops(_jitted_step(method_name, batch, "xla")[0].lower(state, batch_dev))
+    flops = _flops(_jitted_step(method_name, batch, "xla", cpu_dots_choice)[0].lower(state,
+                                                                                  batch_dev))
   else:
     flops = _flops(compiled)
   # XLA's cost analysis counts one device's share of the batch-sharded step.
@@ -179,19 +185,23 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=5, help="timed rounds (after 2 warm-ups)")
   parser.add_argument("--attention", choices=("auto", "xla", "cpu_kernel"), default="auto",
                       help="attention_impl of the ViT methods (auto: the CPU kernel where it builds)")
+  parser.add_argument("--cpu-dots", choices=cpu_dots.CHOICES, default=None,
+                      help="config.xla.cpu_dots (default: the trainer's, "
+                           f"{config_lib.base_config().xla.cpu_dots!r})")
   parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
                       help="keep: host_memory.keep_freed_host_memory() as the trainer does")
   args = parser.parse_args()
   kept = args.malloc == "keep" and host_memory.keep_freed_host_memory()  # before JAX starts
   names = args.methods.split(",")
-  built = {name: build(name, args.batch, args.attention) for name in names}
+  built = {name: build(name, args.batch, args.attention, args.cpu_dots) for name in names}
+  dots = args.cpu_dots or config_lib.base_config().xla.cpu_dots
   kernel = any(attention_kernel.FORWARD in b[0].as_text() for b in built.values())
   times, rates = time_round_robin({n: step_runner(*b[:3]) for n, b in built.items()}, args.steps)
   burst = max(r[0] for r in rates)
   sustained = statistics.median(r[1] for r in rates)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; host malloc "
         f"{'keeps freed memory' if kept else 'default'}; ViT attention "
-        f"{'in the CPU kernel' if kernel else 'in XLA ops'}\n"
+        f"{'in the CPU kernel' if kernel else 'in XLA ops'}; xla.cpu_dots={dots!r}\n"
         f"fp32 matmul rate (2048^3): {burst / 1e9:.1f} GFLOP/s fastest single run of "
         f"{MATMUL_RUNS * args.steps}; {sustained / 1e9:.1f} GFLOP/s sustained (median over "
         f"rounds of {MATMUL_RUNS} back-to-back runs)")

@@ -88,6 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.checkpoint = _cd(every_steps=500, keep=3)
   c.mesh = _cd(shape=())  # () = all devices on the data axis
+  c.xla = _cd(cpu_dots="eigen")  # train step dots on XLA:CPU: eigen | xla (wsol_jax.cpu_dots)
   # Method sections (each method reads its own).
   c.scm = _cd(num_blocks=4, iterations=(16, 4, 4, 4), alpha=0.002, lambda_init=1.0, beta_init=0.5,
               impl="stencil",       # stencil (fast, same numbers) | dense (the literal official matrices)

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from wsol_jax import config_lib, host_memory
+from wsol_jax import config_lib, cpu_dots, host_memory
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -33,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     config = config_lib.load(args.config, overrides)
     workdir = config_lib.local_dir(args.workdir, "--workdir")
+    cpu_dots.check(str(config.xla.cpu_dots))
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -37,7 +37,7 @@ import optax
 from wsol_jax import checkpoint as ckpt_lib
 from wsol_jax import data as data_lib
 from wsol_jax import methods as methods_lib
-from wsol_jax import config_lib, optim, reporting, sharding
+from wsol_jax import config_lib, cpu_dots, optim, reporting, sharding
 from wsol_jax.data import config as data_config
 from wsol_jax.maps import postprocess
 from wsol_jax.models import pretrained as pretrained_lib
@@ -156,6 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                        ) -> dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the results."""
   workdir = config_lib.local_dir(workdir, "workdir")
+  cpu_dots.check(str(config.xla.cpu_dots))
   workdir.mkdir(parents=True, exist_ok=True)
   reporting.setup_logging(workdir)
   mesh = sharding.make_mesh(tuple(config.mesh.shape) or None)
@@ -195,7 +196,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   step_fn = jax.jit(make_train_step(method, tx, schedule), donate_argnums=(0,),
                     in_shardings=(replicated, sharding.batch_sharding(mesh)),
-                    out_shardings=(replicated, replicated))
+                    out_shardings=(replicated, replicated),
+                    compiler_options=cpu_dots.compiler_options(str(config.xla.cpu_dots)))
   from wsol_jax.eval import evaluator as evaluator_lib
   select_split = (data_config.resolve_split(config.data, "val")
                   if config.eval.select_split == "val" else str(config.eval.select_split))
