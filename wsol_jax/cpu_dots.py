@@ -3,8 +3,8 @@
 XLA:CPU (jaxlib 0.10) hands each dot either to a YNNPACK fusion or to its own dot thunk
 (Eigen's contraction with oneDNN's JIT sgemm kernels). By default it picks YNNPACK for
 the forward and input-gradient products of a ViT. On this project's CPU the thunk is
-faster there: the DeiT-S train step at batch 32 ran 8 % faster with every dot on it
-(``benchmarks/train_step.py --cpu-dots``):
+better: the DeiT-S train step at batch 32 ran 7–8 % faster with every dot on it
+(interleaved A/B; ``benchmarks/train_step.py --cpu-dots xla`` measures the other):
 
 * ``"eigen"`` (default): the step is compiled with
   ``xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE`` (YNNPACK keeps

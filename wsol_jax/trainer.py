@@ -19,13 +19,10 @@
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
 import pathlib
 import signal
-import time
 from typing import Any, Callable
 
 import jax

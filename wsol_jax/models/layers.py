@@ -131,7 +131,8 @@ def matmul(x: jax.Array, w: jax.Array, precision: Any = None) -> jax.Array:
 def dense_dot_general(x: jax.Array, w: jax.Array, dimension_numbers, precision: Any = None,
                       preferred_element_type: Any = None) -> jax.Array:
   """``nn.Dense(dot_general=...)``: its (..., K)·(K, M) product through ``matmul``."""
-  if dimension_numbers != (((x.ndim - 1,), (0,)), ((), ())) or preferred_element_type is not None:
+  plain = dimension_numbers != (((x.ndim - 1,), (0,)), ((), ()))
+  if plain or preferred_element_type is not None:
     return lax.dot_general(x, w, dimension_numbers, precision=precision,
                            preferred_element_type=preferred_element_type)
   return matmul(x, w, precision)
@@ -152,7 +153,8 @@ class PatchConv(nn.Module):
     bias = self.param("bias", torch_uniform_init(fan_in), (self.features,), jnp.float32)
     x = images.astype(self.dtype).reshape(b, hh // p, p, ww // p, p, c)
     x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, hh // p, ww // p, p * p * c)
-    return matmul(x, kernel.reshape(p * p * c, self.features).astype(self.dtype)) + bias.astype(self.dtype)
+    w = kernel.reshape(p * p * c, self.features).astype(self.dtype)
+    return matmul(x, w) + bias.astype(self.dtype)
 
 
 class Conv3x3(nn.Module):
@@ -170,4 +172,5 @@ class Conv3x3(nn.Module):
     x = jnp.pad(x.astype(self.dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
     # Column (i·3 + j)·C + c holds x[y + i - 1, x + j - 1, c]: the HWIO kernel's row order.
     cols = jnp.concatenate([x[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=-1)
-    return matmul(cols, kernel.reshape(9 * c, self.features).astype(self.dtype)) + bias.astype(self.dtype)
+    w = kernel.reshape(9 * c, self.features).astype(self.dtype)
+    return matmul(cols, w) + bias.astype(self.dtype)
