@@ -185,23 +185,22 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=5, help="timed rounds (after 2 warm-ups)")
   parser.add_argument("--attention", choices=("auto", "xla", "cpu_kernel"), default="auto",
                       help="attention_impl of the ViT methods (auto: the CPU kernel where it builds)")
-  parser.add_argument("--cpu-dots", choices=cpu_dots.CHOICES, default=None,
-                      help="config.xla.cpu_dots (default: the trainer's, "
-                           f"{config_lib.base_config().xla.cpu_dots!r})")
+  parser.add_argument("--cpu-dots", choices=cpu_dots.CHOICES,
+                      default=config_lib.base_config().xla.cpu_dots,
+                      help="config.xla.cpu_dots (default: the trainer's)")
   parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
                       help="keep: host_memory.keep_freed_host_memory() as the trainer does")
   args = parser.parse_args()
   kept = args.malloc == "keep" and host_memory.keep_freed_host_memory()  # before JAX starts
   names = args.methods.split(",")
   built = {name: build(name, args.batch, args.attention, args.cpu_dots) for name in names}
-  dots = args.cpu_dots or config_lib.base_config().xla.cpu_dots
   kernel = any(attention_kernel.FORWARD in b[0].as_text() for b in built.values())
   times, rates = time_round_robin({n: step_runner(*b[:3]) for n, b in built.items()}, args.steps)
   burst = max(r[0] for r in rates)
   sustained = statistics.median(r[1] for r in rates)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; host malloc "
         f"{'keeps freed memory' if kept else 'default'}; ViT attention "
-        f"{'in the CPU kernel' if kernel else 'in XLA ops'}; xla.cpu_dots={dots!r}\n"
+        f"{'in the CPU kernel' if kernel else 'in XLA ops'}; xla.cpu_dots={args.cpu_dots!r}\n"
         f"fp32 matmul rate (2048^3): {burst / 1e9:.1f} GFLOP/s fastest single run of "
         f"{MATMUL_RUNS * args.steps}; {sustained / 1e9:.1f} GFLOP/s sustained (median over "
         f"rounds of {MATMUL_RUNS} back-to-back runs)")
