@@ -86,9 +86,8 @@ def _jitted_step(method_name: str, batch: int, attention_impl: str,
   tx = optim.make_optimizer(cfg, sched, method.param_labels(params))
   mesh = sharding.make_mesh()
   rep = sharding.replicated(mesh)
-  step = jax.jit(trainer.make_train_step(method, tx, sched), donate_argnums=(0,),
-                 in_shardings=(rep, sharding.batch_sharding(mesh)), out_shardings=(rep, rep),
-                 compiler_options=cpu_dots.compiler_options(cpu_dots_choice or cfg.xla.cpu_dots))
+  step = trainer.jit_train_step(trainer.make_train_step(method, tx, sched), mesh,
+                                cpu_dots_choice or cfg.xla.cpu_dots)
   return step, mesh, jax.jit(lambda: trainer.init_state(method, tx, 0), out_shardings=rep)
 
 

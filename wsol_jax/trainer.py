@@ -149,6 +149,16 @@ def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]]) -> list[dict[
   return rows
 
 
+def jit_train_step(step: Callable, mesh: jax.sharding.Mesh, cpu_dots_choice: str) -> Callable:
+  """``step`` (``make_train_step``) jitted as the trainer runs it: state donated and
+  replicated, batch sharded over the mesh, XLA:CPU dots per ``config.xla.cpu_dots``."""
+  replicated = sharding.replicated(mesh)
+  return jax.jit(step, donate_argnums=(0,),
+                 in_shardings=(replicated, sharding.batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated),
+                 compiler_options=cpu_dots.compiler_options(cpu_dots_choice))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
                        ) -> dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the results."""
@@ -191,10 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     state = checkpointer.restore(abstract, train_iter)
     log.info("resumed %s at step %d of %d", workdir, start, total_steps)
 
-  step_fn = jax.jit(make_train_step(method, tx, schedule), donate_argnums=(0,),
-                    in_shardings=(replicated, sharding.batch_sharding(mesh)),
-                    out_shardings=(replicated, replicated),
-                    compiler_options=cpu_dots.compiler_options(str(config.xla.cpu_dots)))
+  step_fn = jit_train_step(make_train_step(method, tx, schedule), mesh, str(config.xla.cpu_dots))
   from wsol_jax.eval import evaluator as evaluator_lib
   select_split = (data_config.resolve_split(config.data, "val")
                   if config.eval.select_split == "val" else str(config.eval.select_split))
