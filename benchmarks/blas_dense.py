@@ -64,7 +64,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(WsolGemm, GemmImpl,
 def build_kernel() -> ctypes.CDLL:
   """Compiles ``KERNEL`` into a temporary shared library and loads it."""
   import jax.ffi
-  from wsol_jax.kernels import attention_cpu
+  from wsol_jax.kernels import build
   try:
     import scipy_openblas32 as openblas
   except ImportError:
@@ -74,7 +74,7 @@ def build_kernel() -> ctypes.CDLL:
   with open(src, "w") as f:
     f.write(KERNEL)
   cmd = ["c++", "-O3", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}",
-         f"-I{attention_cpu.KERNEL_DIR}",
+         f"-I{build.KERNEL_DIR}",
          f"-I{openblas.get_include_dir()}", src, f"-L{openblas.get_lib_dir()}",
          f"-l{openblas.get_library()}", f"-Wl,-rpath,{openblas.get_lib_dir()}", "-o", lib]
   subprocess.run(cmd, check=True)

@@ -16,7 +16,8 @@ inherit that drift.
 The ViT methods run their attention core as the trainer does on one CPU device: in the
 FFI kernel ``wsol_jax.kernels.attention_cpu`` (``--attention xla``: XLA's ops). XLA's
 cost analysis cannot see inside that kernel, so the FLOPs are always those of the step
-with XLA's attention (the same arithmetic).
+with XLA's attention (the same arithmetic); likewise SCM's Newton–Schulz steps, which run in
+``wsol_jax.kernels.newton_schulz_cpu`` (``config.scm.newton_schulz``).
 
 Host malloc is configured as ``python -m wsol_jax.train`` configures it
 (``wsol_jax.host_memory``: freed memory stays in the process, so XLA:CPU's per-step
@@ -39,6 +40,7 @@ import numpy as np
 from wsol_jax import config_lib, cpu_dots, host_memory, methods, optim, sharding
 from wsol_jax import trainer
 from wsol_jax.kernels import attention_cpu as attention_kernel
+from wsol_jax.kernels import newton_schulz_cpu as newton_schulz_kernel
 
 SETUPS = {
     # method: (model, image size, extra config)
@@ -67,7 +69,7 @@ def matmul_rates(n: int = 2048, repeats: int = MATMUL_RUNS) -> tuple[float, floa
 
 
 def _jitted_step(method_name: str, batch: int, attention_impl: str,
-                 cpu_dots_choice: str | None = None):
+                 cpu_dots_choice: str | None = None, newton_schulz: str = "auto"):
   """(jitted train step, its mesh, a function making its initial state)."""
   model_name, size, extra = SETUPS[method_name]
   cfg = config_lib.base_config()
@@ -78,6 +80,7 @@ def _jitted_step(method_name: str, batch: int, attention_impl: str,
   cfg.training.batch_size = batch
   if model_name.startswith("deit"):
     cfg.model.kwargs = {"attention_impl": attention_impl}
+  cfg.scm.newton_schulz = newton_schulz
   for key, value in extra.items():
     config_lib.apply_overrides(cfg, [f"{key}={value}"])
   method = methods.get_method(cfg)
@@ -92,9 +95,10 @@ def _jitted_step(method_name: str, batch: int, attention_impl: str,
 
 
 def build(method_name: str, batch: int, attention_impl: str = "auto",
-          cpu_dots_choice: str | None = None):
+          cpu_dots_choice: str | None = None, newton_schulz: str = "auto"):
   """(compiled step, state, batch, FLOPs per step) of ``method_name`` on a random batch."""
-  step, mesh, init_state = _jitted_step(method_name, batch, attention_impl, cpu_dots_choice)
+  step, mesh, init_state = _jitted_step(method_name, batch, attention_impl, cpu_dots_choice,
+                                        newton_schulz)
   state = init_state()
   size = SETUPS[method_name][1]
   rng = np.random.default_rng(0)
@@ -102,12 +106,13 @@ def build(method_name: str, batch: int, attention_impl: str = "auto",
               "label": rng.integers(0, 200, (batch,), dtype=np.int32)}
   batch_dev = sharding.global_batch(batch_np, mesh)
   compiled = step.lower(state, batch_dev).compile()
-  if attention_kernel.FORWARD in compiled.as_text():
-    # XLA cannot count inside the CPU attention kernel (an FFI call): count the same step
-    # with XLA's attention (its lowered HLO, same state and batch; within 0.1 % of the
-    # compiled step's count).
-    flops = _flops(_jitted_step(method_name, batch, "xla", cpu_dots_choice)[0].lower(state,
-                                                                                  batch_dev))
+  hlo = compiled.as_text()
+  if attention_kernel.FORWARD in hlo or newton_schulz_kernel.FORWARD in hlo:
+    # XLA cannot count inside the CPU kernels (FFI calls): count the same step with XLA's
+    # attention and Newton–Schulz steps (its lowered HLO, same state and batch; within
+    # 0.1 % of the compiled step's count).
+    flops = _flops(_jitted_step(method_name, batch, "xla", cpu_dots_choice, "xla")[0].lower(
+        state, batch_dev))
   else:
     flops = _flops(compiled)
   # XLA's cost analysis counts one device's share of the batch-sharded step.
@@ -184,6 +189,8 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=5, help="timed rounds (after 2 warm-ups)")
   parser.add_argument("--attention", choices=("auto", "xla", "cpu_kernel"), default="auto",
                       help="attention_impl of the ViT methods (auto: the CPU kernel where it builds)")
+  parser.add_argument("--newton-schulz", choices=("auto", "xla", "cpu_kernel"), default="auto",
+                      help="config.scm.newton_schulz (auto: the CPU kernel where it builds)")
   parser.add_argument("--cpu-dots", choices=cpu_dots.CHOICES,
                       default=config_lib.base_config().xla.cpu_dots,
                       help="config.xla.cpu_dots (default: the trainer's)")
@@ -192,14 +199,17 @@ def main() -> None:
   args = parser.parse_args()
   kept = args.malloc == "keep" and host_memory.keep_freed_host_memory()  # before JAX starts
   names = args.methods.split(",")
-  built = {name: build(name, args.batch, args.attention, args.cpu_dots) for name in names}
+  built = {name: build(name, args.batch, args.attention, args.cpu_dots, args.newton_schulz)
+           for name in names}
   kernel = any(attention_kernel.FORWARD in b[0].as_text() for b in built.values())
+  ns_kernel = any(newton_schulz_kernel.FORWARD in b[0].as_text() for b in built.values())
   times, rates = time_round_robin({n: step_runner(*b[:3]) for n, b in built.items()}, args.steps)
   burst = max(r[0] for r in rates)
   sustained = statistics.median(r[1] for r in rates)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; host malloc "
         f"{'keeps freed memory' if kept else 'default'}; ViT attention "
-        f"{'in the CPU kernel' if kernel else 'in XLA ops'}; xla.cpu_dots={args.cpu_dots!r}\n"
+        f"{'in the CPU kernel' if kernel else 'in XLA ops'}; xla.cpu_dots={args.cpu_dots!r}"
+        f"{'; SCM Newton-Schulz in the CPU kernel' if ns_kernel else ''}\n"
         f"fp32 matmul rate (2048^3): {burst / 1e9:.1f} GFLOP/s fastest single run of "
         f"{MATMUL_RUNS * args.steps}; {sustained / 1e9:.1f} GFLOP/s sustained (median over "
         f"rounds of {MATMUL_RUNS} back-to-back runs)")

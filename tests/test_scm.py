@@ -164,6 +164,51 @@ def test_low_rank_vjp_equals_autodiff_of_the_recurrence(h, w, k):
       np.testing.assert_allclose(g, w_, rtol=1e-9, atol=1e-12 * float(jnp.abs(w_).max()))
 
 
+# ---- the CPU Newton–Schulz kernel ------------------------------------------------------------
+
+@pytest.mark.parametrize("h,w,k", [(3, 4, 2), (4, 6, 6), (14, 14, 16), (14, 14, 4)])
+def test_newton_schulz_cpu_kernel_equals_the_xla_steps(h, w, k):
+  """Value and gradients of the stencil diffusion with its dense steps in the FFI kernel equal
+  the XLA ops' (float32 rounding). (4, 6, 6) and (14, 14, 16) reach the dense VJP steps (rank >
+  N/2) on a non-square and on the 224-px grid; the others stay factored."""
+  s = _rand_semantic(11, b=3, h=h, w=w, c=9)
+  f = jax.random.uniform(jax.random.key(12), (3, h * w))
+  ct = jax.random.normal(jax.random.key(13), (3, h * w))
+  lam = jnp.array([1.2])
+
+  def loss(s, f, lam, kernel):
+    m = S.stencil_weights(S.stencil_similarity(s), lam)
+    return jnp.vdot(ct, S.stencil_diffuse(m, f, k, 0.002, jax.lax.Precision.HIGHEST, kernel))
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+  want_v, want = grad(s, f, lam, False)
+  got_v, got = grad(s, f, lam, True)
+  np.testing.assert_allclose(got_v, want_v, rtol=1e-5)  # a sum of ~N·B terms of both signs
+  for g, w_ in zip(got, want):
+    np.testing.assert_allclose(g, w_, rtol=0, atol=3e-6 * float(jnp.abs(w_).max()))
+  m = S.stencil_weights(S.stencil_similarity(s), lam)
+  want_xs = S._ns_stencil_forward(m, k, 0.002, jax.lax.Precision.HIGHEST)[1]
+  got_xs = jax.jit(lambda m: S._ns_stencil_forward(m, k, 0.002, None, kernel=True)[1])(m)
+  assert len(got_xs) == len(want_xs) == k - 1
+  for x_got, x_want in zip(got_xs, want_xs):
+    np.testing.assert_allclose(x_got, x_want, rtol=0, atol=2e-6 * float(jnp.abs(x_want).max()))
+
+
+def test_newton_schulz_kernel_selection_and_bad_shapes():
+  from wsol_jax.kernels import newton_schulz_cpu
+  assert jax.device_count() > 1  # conftest: 8 fake CPU devices
+  assert not S.use_newton_schulz_kernel("auto")  # a custom call is not batch-partitioned
+  assert not S.use_newton_schulz_kernel("xla")
+  assert S.use_newton_schulz_kernel("cpu_kernel")
+  with pytest.raises(ValueError, match="unknown scm.newton_schulz 'fast'"):
+    S.use_newton_schulz_kernel("fast")
+  coef = jnp.zeros((2, 5, 12))
+  with pytest.raises(ValueError, match=r"coef_x0 must be float32 \(B, 5, 12\), got float32 \(2, 4, 12\)"):
+    newton_schulz_cpu.forward(coef, coef[:, :4], 3, 4, 3)
+  with pytest.raises(ValueError, match=r"xs\[1\] must be float32 \(2, 12, 12\)"):
+    newton_schulz_cpu.backward(coef, coef, (jnp.zeros((2, 12, 12)), jnp.zeros((2, 12, 11))),
+                               jnp.zeros((2, 12, 12)), 3, 4)
+
+
 # ---- filter and block properties ------------------------------------------------------------
 
 def test_tanhshrink_is_accurate_in_float32_and_has_derivative_tanh_squared():
@@ -208,7 +253,9 @@ def test_config_defaults_paper_option_and_validation():
   assert paper.iterations == (4, 4, 4, 4)
   assert S.ScmConfig.from_config(ml_collections.ConfigDict({"scm": {
       "num_blocks": 2, "iterations": (3, 5)}})).iterations == (3, 5)
-  for bad in ({"iterations": (16, 4)}, {"iterations": 0}, {"impl": "solver"}, {"precision": "x"}):
+  assert cfg.newton_schulz == "auto"
+  for bad in ({"iterations": (16, 4)}, {"iterations": 0}, {"impl": "solver"}, {"precision": "x"},
+              {"newton_schulz": "fast"}):
     with pytest.raises(ValueError, match="scm"):
       S.ScmConfig(**bad)
   with pytest.raises(ValueError, match="unknown scm config keys.*iteration"):
@@ -371,9 +418,10 @@ def test_training_graph_matches_golden(train_outputs, gold, name):
   np.testing.assert_allclose(got, gold[name], rtol=0, atol=f32_tol(name))
 
 
-def test_training_graph_matches_golden_with_the_cpu_attention_kernel(
+def test_training_graph_matches_golden_with_the_cpu_kernels(
     golden_vit_dir, golden_dir, golden_inputs, gold):
-  config = _config(golden_vit_dir, impl=S.IMPLS[0])
+  """The CPU attention and Newton–Schulz kernels (the trainer's choice on one CPU device)."""
+  config = _config(golden_vit_dir, impl=S.IMPLS[0], newton_schulz="cpu_kernel")
   config.model.kwargs = dict(depth=4, attention_impl="cpu_kernel")
   method = get_method(config)
   variables = _with_golden_head(method.init(jax.random.key(0)), golden_dir)

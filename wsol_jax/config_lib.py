@@ -92,7 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Method sections (each method reads its own).
   c.scm = _cd(num_blocks=4, iterations=(16, 4, 4, 4), alpha=0.002, lambda_init=1.0, beta_init=0.5,
               impl="stencil",       # stencil (fast, same numbers) | dense (the literal official matrices)
-              precision="highest")  # matmul precision inside the blocks
+              precision="highest",  # matmul precision inside the blocks
+              newton_schulz="auto")  # stencil's dense steps: auto | xla | cpu_kernel (one CPU device)
   c.padl = _cd(enabled=True, drop_rate=0.75, gamma=0.9, per_example=False)  # ViTOL p-ADL
   c.rfga = _cd(second_sigmoid=True, calibration="residual", hw_conv="full", kernel_size=3)
   c.agcam = _cd(stop_gradient=True)

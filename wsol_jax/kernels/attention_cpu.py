@@ -7,102 +7,37 @@ the probabilities. Its VJP is a second handler (cotangents of ``out`` and, if no
 of ``probs``). On this project's 2-core CPU it runs the DeiT-S attention of a training
 step ~2× faster than XLA:CPU's batched dots (``benchmarks/step_breakdown.py``).
 
-The kernel is compiled on first use with the system C++ compiler (``$CXX`` or ``c++``)
-against jaxlib's FFI headers and ``scipy-openblas32``, for this CPU (``-march=native``),
-into ``$WSOL_JAX_CACHE`` (default ``~/.cache/wsol_jax``), keyed by source, jaxlib version,
-compiler and CPU flags. ``available()`` says whether that worked; ``load()`` raises with
-the compiler's message when it did not.
+The kernel is compiled on first use (``wsol_jax.kernels.build``: the system C++ compiler,
+jaxlib's FFI headers, ``scipy-openblas32``, ``-march=native``, cached in ``$WSOL_JAX_CACHE``).
+``available()`` says whether that worked; ``load()`` raises with the compiler's message
+when it did not.
 """
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 import warnings
 
 import jax
-import jaxlib
 import jax.numpy as jnp
 import numpy as np
 
-KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
-SOURCE = os.path.join(KERNEL_DIR, "attention_cpu.cc")
-HEADERS = (os.path.join(KERNEL_DIR, "pool_tasks.h"),)
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno",
-         "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros", "-w")
+from wsol_jax.kernels import build
+from wsol_jax.kernels.build import KernelBuildError
+
+SOURCE = os.path.join(build.KERNEL_DIR, "attention_cpu.cc")
 FORWARD, BACKWARD = "wsol_attention_fwd", "wsol_attention_bwd"  # FFI target names
 
 
-class KernelBuildError(RuntimeError):
-  """The attention kernel could not be compiled or loaded on this machine."""
-
-
-def cache_dir() -> str:
-  return os.path.join(os.environ.get("WSOL_JAX_CACHE") or os.path.expanduser("~/.cache/wsol_jax"),
-                      "kernels")
-
-
-def _cpu_flags() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      return next((line for line in f if line.startswith(("flags", "Features"))), "")
-  except OSError:
-    import platform
-    return platform.processor()
-
-
 def _compile(lib_path: str, compiler: str) -> None:
-  try:
-    import scipy_openblas32 as openblas
-  except ImportError as e:
-    raise KernelBuildError("the CPU attention kernel needs scipy-openblas32 "
-                           "(pip install scipy-openblas32)") from e
-  try:
-    os.makedirs(os.path.dirname(lib_path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(lib_path))
-  except OSError as e:
-    raise KernelBuildError(f"cannot write the kernel into {os.path.dirname(lib_path)} "
-                           f"(set WSOL_JAX_CACHE to a writable directory): {e}") from e
-  os.close(fd)
-  cmd = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{openblas.get_include_dir()}",
-         SOURCE, f"-L{openblas.get_lib_dir()}", f"-l{openblas.get_library()}",
-         f"-Wl,-rpath,{openblas.get_lib_dir()}", "-o", tmp]
-  try:
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-      raise KernelBuildError(f"compiling {SOURCE} failed ({' '.join(cmd)}):\n{done.stderr[-4000:]}")
-    os.replace(tmp, lib_path)  # atomic: a concurrent process sees no half-written library
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  build.compile_library(SOURCE, lib_path, compiler)
 
 
 @functools.cache
 def load() -> str:
   """Compiles (once per machine and version) and registers the kernel; returns the library path."""
-  compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-  if compiler is None:
-    raise KernelBuildError("the CPU attention kernel needs a C++ compiler (c++ or $CXX) on PATH")
-  key = hashlib.sha256()
-  for path in (SOURCE, *HEADERS):
-    with open(path, "rb") as f:
-      key.update(f.read())
-  for part in (" ".join(FLAGS), jax.__version__, jaxlib.__version__, compiler, _cpu_flags()):
-    key.update(part.encode())
-  lib_path = os.path.join(cache_dir(), f"attention_cpu-{key.hexdigest()[:16]}.so")
-  if not os.path.exists(lib_path):
-    _compile(lib_path, compiler)
-  try:
-    lib = ctypes.cdll.LoadLibrary(lib_path)
-  except OSError as e:
-    raise KernelBuildError(f"loading {lib_path} failed: {e}") from e
-  jax.ffi.register_ffi_target(FORWARD, jax.ffi.pycapsule(lib.WsolAttentionForward), platform="cpu")
-  jax.ffi.register_ffi_target(BACKWARD, jax.ffi.pycapsule(lib.WsolAttentionBackward), platform="cpu")
-  return lib_path
+  return build.load_library(SOURCE, {FORWARD: "WsolAttentionForward",
+                                     BACKWARD: "WsolAttentionBackward"})
 
 
 @functools.cache

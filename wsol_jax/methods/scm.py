@@ -52,6 +52,7 @@ from wsol_jax.methods import base
 from wsol_jax.methods.tscam import TsCam
 
 IMPLS = ("stencil", "dense")
+NEWTON_SCHULZ_IMPLS = ("auto", "xla", "cpu_kernel")
 TIES = ("first", "split")
 PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "high": jax.lax.Precision.HIGH,
               "default": jax.lax.Precision.DEFAULT}
@@ -70,6 +71,10 @@ class ScmConfig:
     alpha: Newton–Schulz initial scale (X₀ = α·Mᵀ).
     lambda_init, beta_init: initial λ (``fuse._loss_rate``) and β (``thred``).
     impl: ``'stencil'`` (fast) or ``'dense'`` (literal dense matrices, reference).
+    newton_schulz: where the stencil block's dense Newton–Schulz steps (forward and VJP)
+      run: ``'xla'`` (XLA ops), ``'cpu_kernel'`` (``wsol_jax.kernels.newton_schulz_cpu``,
+      one image per task; the same recurrence within float32 rounding) or ``'auto'`` (the
+      kernel on a single-device CPU backend where it compiles, else XLA).
     precision: matmul precision of the ADBs (``'highest'`` = float32 everywhere,
       as the official float32 code; ``'default'`` allows TF32 on GPUs).
   """
@@ -80,6 +85,7 @@ class ScmConfig:
   beta_init: float = 0.5
   impl: str = "stencil"
   precision: str = "highest"
+  newton_schulz: str = "auto"
 
   def __post_init__(self):
     iters = self.iterations
@@ -90,6 +96,9 @@ class ScmConfig:
                        f"num_blocks={self.num_blocks}, iterations={iters}")
     if self.impl not in IMPLS:
       raise ValueError(f"scm.impl must be one of {IMPLS}, got {self.impl!r}")
+    if self.newton_schulz not in NEWTON_SCHULZ_IMPLS:
+      raise ValueError(f"scm.newton_schulz must be one of {NEWTON_SCHULZ_IMPLS}, "
+                       f"got {self.newton_schulz!r}")
     if self.precision not in PRECISIONS:
       raise ValueError(f"scm.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
 
@@ -251,6 +260,24 @@ def dense_propagation(s: jax.Array, lam: jax.Array, iterations: int, alpha: floa
 
 # ---- stencil (fast) block ---------------------------------------------------------------------
 
+def use_newton_schulz_kernel(impl: str) -> bool:
+  """Whether ``scm.newton_schulz=impl`` runs the CPU kernel here (raises if it must and cannot)."""
+  from wsol_jax.kernels import newton_schulz_cpu
+  if impl not in NEWTON_SCHULZ_IMPLS:
+    raise ValueError(f"unknown scm.newton_schulz {impl!r}; valid: {NEWTON_SCHULZ_IMPLS}")
+  if impl == "xla":
+    return False
+  if impl == "cpu_kernel":
+    if jax.default_backend() != "cpu":
+      raise ValueError(f"scm.newton_schulz='cpu_kernel' needs the CPU backend, not "
+                       f"{jax.default_backend()!r}")
+    newton_schulz_cpu.load()  # raises KernelBuildError with the compiler's message
+    return True
+  # 'auto': a custom call is not partitioned, so a batch-sharded mesh keeps XLA's ops.
+  return (jax.default_backend() == "cpu" and jax.device_count() == 1
+          and newton_schulz_cpu.available())
+
+
 class Stencil(NamedTuple):
   """A symmetric matrix supported on the grid's 5-point stencil.
 
@@ -299,6 +326,18 @@ def _coefficients(m: Stencil) -> tuple[jax.Array, ...]:
           pad(m.down, ((0, 0), (0, 1), (0, 0))), pad(m.down, ((0, 0), (1, 0), (0, 0))))
 
 
+def _planes(m: Stencil) -> jax.Array:
+  """The five coefficient planes of ``_coefficients`` as (B, 5, N) (the kernel's layout)."""
+  return jnp.stack(_coefficients(m), axis=1).reshape(m.center.shape[0], 5, -1)
+
+
+def _stencil_of_planes(planes: jax.Array, like: Stencil) -> Stencil:
+  """Coefficient cotangents (B, 5, N) per plane -> the Stencil's (both ends of each edge)."""
+  h, w = like.center.shape[-2:]
+  c, right, left, down, up = (planes[:, i].reshape(-1, h, w) for i in range(5))
+  return Stencil(c, right[:, :, :-1] + left[:, :, 1:], down[:, :-1] + up[:, 1:])
+
+
 def stencil_apply(m: Stencil, x: jax.Array) -> jax.Array:
   """M @ x for a stencil matrix: (B, N, K) -> (B, N, K) in O(N·K)."""
   b, n, k = x.shape
@@ -330,17 +369,23 @@ def _stencil_add(a: Stencil, b: Stencil, sign: float = 1.0) -> Stencil:
   return Stencil(*(u + sign * v for u, v in zip(a, b)))
 
 
-def _ns_stencil_forward(m: Stencil, iterations: int, alpha: float, precision: Any
-                        ) -> tuple[Stencil, tuple[jax.Array, ...]]:
+def _ns_stencil_forward(m: Stencil, iterations: int, alpha: float, precision: Any,
+                        kernel: bool = False) -> tuple[Stencil, tuple[jax.Array, ...]]:
   """X₀ = α·Mᵀ (a constant stencil; Mᵀ = M) and the dense iterates X_1..X_{K−1}, each (B, N, N).
 
   X_K itself is never needed as a matrix: X_Kᵀ v = Y_{K−1}ᵀ X_{K−1}ᵀ v is two products
   with vectors (``_apply_last``). The iterations are unrolled (K is static and small): a
   ``lax.scan`` would zero-fill and copy a stacked (K−1, B, N, N) buffer every step.
+  ``kernel``: the iterates come from ``newton_schulz_cpu`` (not differentiable itself; used
+  inside ``stencil_diffuse``'s custom VJP).
   """
   x0 = jax.tree_util.tree_map(jax.lax.stop_gradient, stencil_scale(m, alpha))
   if iterations == 1:
     return x0, ()
+  if kernel:
+    from wsol_jax.kernels import newton_schulz_cpu
+    h, w = m.center.shape[-2:]
+    return x0, newton_schulz_cpu.forward(_planes(m), _planes(x0), h, w, iterations)
   n = m.center.shape[-1] * m.center.shape[-2]
   eye = jnp.eye(n, dtype=m.center.dtype)
   xs = [stencil_apply(x0, 2 * eye - stencil_apply(m, stencil_dense(x0)))]  # X₀ (2I − M X₀)
@@ -378,15 +423,18 @@ def stencil_newton_schulz(m: Stencil, iterations: int, alpha: float, precision: 
   return _apply_last(m, x0, xs, eye, False, precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def stencil_diffuse(m: Stencil, f: jax.Array, iterations: int, alpha: float, precision: Any = None
-                    ) -> jax.Array:
-  """F̃ = X_Kᵀ F with X_K the Newton–Schulz iterate of M: Stencil, (B, N) -> (B, N)."""
-  return _diffuse_fwd(m, f, iterations, alpha, precision)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def stencil_diffuse(m: Stencil, f: jax.Array, iterations: int, alpha: float, precision: Any = None,
+                    kernel: bool = False) -> jax.Array:
+  """F̃ = X_Kᵀ F with X_K the Newton–Schulz iterate of M: Stencil, (B, N) -> (B, N).
+
+  ``kernel``: the dense steps (forward and VJP) run in ``newton_schulz_cpu`` (float32, CPU).
+  """
+  return _diffuse_fwd(m, f, iterations, alpha, precision, kernel)[0]
 
 
-def _diffuse_fwd(m, f, iterations, alpha, precision):
-  x0, xs = _ns_stencil_forward(m, iterations, alpha, precision)
+def _diffuse_fwd(m, f, iterations, alpha, precision, kernel):
+  x0, xs = _ns_stencil_forward(m, iterations, alpha, precision, kernel)
   f_tilde = _apply_last(m, x0, xs, f[..., None], True, precision)[..., 0]
   return f_tilde, (m, f, x0, xs)
 
@@ -424,7 +472,7 @@ def _dense_steps(m: Stencil, xs: tuple[jax.Array, ...], g: jax.Array, grad_m: St
   return g, grad_m
 
 
-def _diffuse_bwd(iterations, alpha, precision, res, g):
+def _diffuse_bwd(iterations, alpha, precision, kernel, res, g):
   """VJP of X_{k+1} = X_k Y_k, Y_k = 2I − M X_k, from the rank-1 cotangent ∂L/∂X_K = F gᵀ.
 
   With Ḡ = ∂L/∂X_{k+1}: Ȳ = X_kᵀ Ḡ, ∂L/∂X_k = Ḡ Y_kᵀ − Mᵀ Ȳ, M̄ −= Ȳ X_kᵀ (stencil entries).
@@ -435,7 +483,13 @@ def _diffuse_bwd(iterations, alpha, precision, res, g):
   m, f, x0, xs = res
   grad_f = _apply_last(m, x0, xs, g[..., None], False, precision)[..., 0]  # X_K g
   k, u, v, grad_m = _low_rank_steps(m, x0, xs, f[..., None], g[..., None], precision)
-  if k >= 0:
+  if k >= 0 and kernel:
+    from wsol_jax.kernels import newton_schulz_cpu
+    h, w = m.center.shape[-2:]
+    dense = jnp.matmul(u, jnp.swapaxes(v, -1, -2), precision=precision)
+    planes = newton_schulz_cpu.backward(_planes(m), _planes(x0), xs[:k], dense, h, w)
+    grad_m = _stencil_add(grad_m, _stencil_of_planes(planes, m))
+  elif k >= 0:
     dense = jnp.matmul(u, jnp.swapaxes(v, -1, -2), precision=precision)
     dense, grad_m = _dense_steps(m, xs, dense, grad_m, k, precision)
     y_bar = stencil_apply(x0, dense)                          # step 0: X₀ᵀ Ḡ
@@ -450,7 +504,7 @@ stencil_diffuse.defvjp(_diffuse_fwd, _diffuse_bwd)
 
 def adb(s: jax.Array, f: jax.Array, lam: jax.Array, beta: jax.Array, iterations: int,
         alpha: float, *, impl: str = "stencil", precision: Any = None, ties: str = "first",
-        return_propagation: bool = False) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+        return_propagation: bool = False, kernel: bool = False) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """One Activation Diffusion Block.
 
   Args:
@@ -458,6 +512,7 @@ def adb(s: jax.Array, f: jax.Array, lam: jax.Array, beta: jax.Array, iterations:
     f: activation F, (B, N) with N = h·w row-major.
     lam, beta: the block's λ and β, (1,).
     return_propagation: also return P = X_Kᵀ (B, N, N) in the aux dict (``'P'``).
+    kernel: the stencil block's dense Newton–Schulz steps run in ``newton_schulz_cpu``.
   Returns:
     (S', F', aux) with aux ``{'F_hat': (B, N)}`` (+ ``'P'``).
   """
@@ -469,7 +524,7 @@ def adb(s: jax.Array, f: jax.Array, lam: jax.Array, beta: jax.Array, iterations:
       aux["P"] = p
   elif impl == "stencil":
     m = stencil_weights(stencil_similarity(s), lam)
-    f_tilde = stencil_diffuse(m, f, iterations, alpha, precision)
+    f_tilde = stencil_diffuse(m, f, iterations, alpha, precision, kernel)
     if return_propagation:
       aux["P"] = jnp.swapaxes(stencil_newton_schulz(m, iterations, alpha, precision), -1, -2)
   else:
@@ -493,11 +548,12 @@ def run_adbs(s: jax.Array, f: jax.Array, params: dict[str, Any], cfg: ScmConfig,
   ``trace`` (static) collects every block's S, F, F̂ and P in lists (tests/inspection).
   """
   precision = PRECISIONS[cfg.precision]
+  kernel = cfg.impl == "stencil" and use_newton_schulz_kernel(cfg.newton_schulz)
   out = {"S": [], "F": [], "F_hat": [], "P": []}
   for i, iterations in enumerate(cfg.iterations):
     block = params[f"adb_{i}"]
     s, f, aux = adb(s, f, block["lambda"], block["beta"], iterations, cfg.alpha, impl=cfg.impl,
-                    precision=precision, ties=ties, return_propagation=trace)
+                    precision=precision, ties=ties, return_propagation=trace, kernel=kernel)
     if trace:
       out["S"].append(s)
       out["F"].append(f)
@@ -571,4 +627,5 @@ __all__ = ["ScmConfig", "Scm", "Stencil", "adb", "attention_activation", "cosine
            "dense_propagation", "dynamic_filter", "grid_adjacency", "grid_laplacian",
            "laplacian_weights", "newton_schulz", "norm_cam", "residual_update", "row_max",
            "row_min", "run_adbs", "stencil_apply", "stencil_dense", "stencil_diffuse",
-           "stencil_newton_schulz", "stencil_similarity", "stencil_weights", "tanhshrink"]
+           "stencil_newton_schulz", "stencil_similarity", "stencil_weights", "tanhshrink",
+           "use_newton_schulz_kernel"]
