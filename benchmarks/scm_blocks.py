@@ -1,21 +1,25 @@
 """Cost of SCM's Activation Diffusion Blocks: TS-CAM vs SCM training step (loss + grad).
 
 Times ``jax.jit(jax.value_and_grad(method.loss))`` for TS-CAM and SCM (both ADB
-implementations) on the same backbone, plus the ADB stack alone, and prints the
+implementations; the stencil's Newton–Schulz steps in the CPU kernel and, for comparison,
+on XLA's ops) on the same backbone, plus the ADB stack alone, and prints the
 XLA cost-analysis FLOPs of every compiled function::
 
     python benchmarks/scm_blocks.py --batch 8                      # DeiT-S, 224, 200 classes
     python benchmarks/scm_blocks.py --batch 32 --repeats 3 --json out.json
 
-Timings interleave the variants (round-robin) and report the median and the
-minimum of ``--repeats`` runs after one warm-up call, so load from other
-processes affects every variant alike. FLOPs come from XLA's cost analysis of the
-lowered (pre-optimisation) HLO; the ADB iterations are unrolled Python loops, so every
+Host malloc and the dots' runtime are set as the trainer sets them (``wsol_jax.host_memory``,
+``config.xla.cpu_dots``). Timings interleave the variants (round-robin) and report the median
+and the minimum of ``--repeats`` runs after one warm-up call, so load from other processes
+affects every variant alike. FLOPs come from XLA's cost analysis of the
+lowered (pre-optimisation) HLO of the XLA-op version of each variant (they cannot see inside
+the CPU Newton–Schulz kernel); the ADB iterations are unrolled Python loops, so every
 iteration is counted (a while-loop body would be counted once).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -26,18 +30,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from wsol_jax import config_lib, cpu_dots, host_memory
 from wsol_jax.methods import get_method
 from wsol_jax.methods import scm as scm_lib
 
 
-def make_config(method: str, args: argparse.Namespace, impl: str = "stencil") -> ml_collections.ConfigDict:
+def make_config(method: str, args: argparse.Namespace, impl: str = "stencil",
+                newton_schulz: str = "auto") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = method
   c.model = ml_collections.ConfigDict(dict(
       name=args.model, num_classes=args.num_classes, kwargs=dict(), pretrained="",
       drop_path_rate=args.drop_path))
   c.data = ml_collections.ConfigDict(dict(image_size=args.image_size))
-  c.scm = ml_collections.ConfigDict(dict(impl=impl, precision=args.precision))
+  c.scm = ml_collections.ConfigDict(dict(impl=impl, precision=args.precision,
+                                         newton_schulz=newton_schulz))
   return c
 
 
@@ -49,13 +56,15 @@ def flops(fn: Callable, *args: Any) -> float:
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def prepare(grad_fn: Callable, args: tuple[Any, ...], run: bool) -> tuple[Callable | None, float]:
-  """(a compiled zero-argument runner, or None if not ``run``; the FLOPs)."""
+def prepare(grad_fn: Callable, args: tuple[Any, ...], run: bool, count_fn: Callable
+            ) -> tuple[Callable | None, float]:
+  """(a compiled zero-argument runner, or None if not ``run``; the FLOPs of ``count_fn``)."""
   runner = None
   if run:
-    compiled = jax.jit(grad_fn).lower(*args).compile()
+    compiled = jax.jit(grad_fn).lower(*args).compile(
+        compiler_options=cpu_dots.compiler_options(config_lib.base_config().xla.cpu_dots))
     runner = lambda: compiled(*args)  # noqa: E731
-  return runner, flops(grad_fn, *args)
+  return runner, flops(count_fn, *args)
 
 
 def step_fn(method, batch: dict[str, jax.Array]) -> tuple[Callable, tuple[Any, ...]]:
@@ -95,28 +104,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--drop-path", type=float, default=0.1)
   parser.add_argument("--precision", default="highest", choices=sorted(scm_lib.PRECISIONS))
   parser.add_argument("--no-dense", action="store_true", help="skip the dense (literal) ADB variant")
+  parser.add_argument("--newton-schulz", default="auto", choices=scm_lib.NEWTON_SCHULZ_IMPLS,
+                      help="config.scm.newton_schulz (auto: the CPU kernel on one CPU device; "
+                           "then the stencil is also timed on XLA's ops)")
   parser.add_argument("--flops-only", action="store_true", help="count FLOPs, do not time")
   parser.add_argument("--json", default="", help="write the results to this file")
   args = parser.parse_args(argv)
+  host_memory.keep_freed_host_memory()  # as the trainer (before JAX allocates)
 
   rng = np.random.default_rng(0)
   b, size = args.batch, args.image_size
   batch = {"image": jnp.asarray(rng.standard_normal((b, size, size, 3)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, args.num_classes, b), jnp.int32)}
-  variants = [("tscam", "tscam", "stencil"), ("scm_stencil", "scm", "stencil")]
+  ns = args.newton_schulz
+  # (name, method, impl, newton_schulz); with the CPU kernel also the stencil on XLA's ops.
+  variants = [("tscam", "tscam", "stencil", ns), ("scm_stencil", "scm", "stencil", ns)]
+  kernel = scm_lib.use_newton_schulz_kernel(ns)
+  if kernel:
+    variants.append(("scm_stencil_xla", "scm", "stencil", "xla"))
   if not args.no_dense:
-    variants.append(("scm_dense", "scm", "dense"))
+    variants.append(("scm_dense", "scm", "dense", ns))
 
-  fns = {name: step_fn(get_method(make_config(method, args, impl)), batch)
-         for name, method, impl in variants}
+  # The FLOPs are counted on XLA's ops: cost analysis cannot see inside the FFI kernel.
+  fns = {name: (step_fn(get_method(make_config(method, args, impl, ns_impl)), batch),
+                step_fn(get_method(make_config(method, args, impl, "xla")), batch)[0])
+         for name, method, impl, ns_impl in variants}
   grid = size // 16
   s = jnp.asarray(rng.standard_normal((b, grid, grid, args.num_classes)), jnp.float32)
   f = jnp.asarray(rng.uniform(size=(b, grid * grid)), jnp.float32)
-  for impl in ("stencil",) + (() if args.no_dense else ("dense",)):
-    fns[f"adbs_{impl}"] = adbs_fn(scm_lib.ScmConfig(impl=impl, precision=args.precision), s, f)
+  adb_variants = [("adbs_stencil", "stencil", ns)] + [("adbs_stencil_xla", "stencil", "xla")] * kernel
+  if not args.no_dense:
+    adb_variants.append(("adbs_dense", "dense", ns))
+  for name, impl, ns_impl in adb_variants:
+    cfg = scm_lib.ScmConfig(impl=impl, precision=args.precision, newton_schulz=ns_impl)
+    fns[name] = (adbs_fn(cfg, s, f), adbs_fn(dataclasses.replace(cfg, newton_schulz="xla"), s, f)[0])
   steps, gflops = {}, {}
-  for name, (grad_fn, fn_args) in fns.items():
-    steps[name], gflops[name] = prepare(grad_fn, fn_args, run=not args.flops_only)
+  for name, ((grad_fn, fn_args), count_fn) in fns.items():
+    steps[name], gflops[name] = prepare(grad_fn, fn_args, not args.flops_only, count_fn)
 
   if args.flops_only:
     times = {name: [float("nan")] for name in steps}

@@ -33,6 +33,8 @@ reference); ``'stencil'`` (default, fast) evaluates the same recurrence but
 For the four blocks' forward + backward at 224 px (N = 196) XLA counts 0.60 GFLOP per
 image instead of 2.60 (C = 200; 0.62 vs 3.35 for C = 1000), against 28.4 GFLOP for a
 whole DeiT-S TS-CAM training step (``benchmarks/scm_blocks.py``).
+On one CPU device the dense steps (forward iterates and VJP) run in the FFI kernel
+``wsol_jax.kernels.newton_schulz_cpu``, one image per task (``config.scm.newton_schulz``).
 ``tanhshrink`` is evaluated accurately (series for small arguments, where the
 official ``z − tanh z`` loses most of its float32 digits).
 """
