@@ -207,6 +207,11 @@ def test_newton_schulz_kernel_selection_and_bad_shapes():
   with pytest.raises(ValueError, match=r"xs\[1\] must be float32 \(2, 12, 12\)"):
     newton_schulz_cpu.backward(coef, coef, (jnp.zeros((2, 12, 12)), jnp.zeros((2, 12, 11))),
                                jnp.zeros((2, 12, 12)), 3, 4)
+  with jax.enable_x64(True):  # the kernel is float32: asked for explicitly, float64 is an error
+    s = jnp.asarray(_rand_semantic(14, h=3, w=4), jnp.float64)
+    cfg = S.ScmConfig(newton_schulz="cpu_kernel")
+    with pytest.raises(ValueError, match=r"coef_m must be float32 .*got float64"):
+      S.run_adbs(s, jnp.ones((2, 12), jnp.float64), cfg.init_params(), cfg)
 
 
 # ---- filter and block properties ------------------------------------------------------------

@@ -76,7 +76,7 @@ class ScmConfig:
     newton_schulz: where the stencil block's dense Newton–Schulz steps (forward and VJP)
       run: ``'xla'`` (XLA ops), ``'cpu_kernel'`` (``wsol_jax.kernels.newton_schulz_cpu``,
       one image per task; the same recurrence within float32 rounding) or ``'auto'`` (the
-      kernel on a single-device CPU backend where it compiles, else XLA).
+      kernel for float32 on a single-device CPU backend where it compiles, else XLA).
     precision: matmul precision of the ADBs (``'highest'`` = float32 everywhere,
       as the official float32 code; ``'default'`` allows TF32 on GPUs).
   """
@@ -550,7 +550,9 @@ def run_adbs(s: jax.Array, f: jax.Array, params: dict[str, Any], cfg: ScmConfig,
   ``trace`` (static) collects every block's S, F, F̂ and P in lists (tests/inspection).
   """
   precision = PRECISIONS[cfg.precision]
-  kernel = cfg.impl == "stencil" and use_newton_schulz_kernel(cfg.newton_schulz)
+  # The kernel is float32; 'auto' keeps XLA's ops for other dtypes (e.g. a float64 check).
+  kernel = (cfg.impl == "stencil" and use_newton_schulz_kernel(cfg.newton_schulz)
+            and (s.dtype == jnp.float32 or cfg.newton_schulz == "cpu_kernel"))
   out = {"S": [], "F": [], "F_hat": [], "P": []}
   for i, iterations in enumerate(cfg.iterations):
     block = params[f"adb_{i}"]
