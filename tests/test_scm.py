@@ -166,11 +166,12 @@ def test_low_rank_vjp_equals_autodiff_of_the_recurrence(h, w, k):
 
 # ---- the CPU Newton–Schulz kernel ------------------------------------------------------------
 
-@pytest.mark.parametrize("h,w,k", [(3, 4, 2), (4, 6, 6), (14, 14, 16), (14, 14, 4)])
+@pytest.mark.parametrize("h,w,k", [(3, 4, 2), (3, 4, 4), (4, 6, 6), (14, 14, 16), (14, 14, 4)])
 def test_newton_schulz_cpu_kernel_equals_the_xla_steps(h, w, k):
   """Value and gradients of the stencil diffusion with its dense steps in the FFI kernel equal
   the XLA ops' (float32 rounding). (4, 6, 6) and (14, 14, 16) reach the dense VJP steps (rank >
-  N/2) on a non-square and on the 224-px grid; the others stay factored."""
+  N/2) on a non-square and on the 224-px grid, (3, 4, 4) only the constant X₀'s step; the
+  others stay factored."""
   s = _rand_semantic(11, b=3, h=h, w=w, c=9)
   f = jax.random.uniform(jax.random.key(12), (3, h * w))
   ct = jax.random.normal(jax.random.key(13), (3, h * w))

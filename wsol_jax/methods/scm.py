@@ -50,6 +50,7 @@ import ml_collections
 import numpy as np
 
 from wsol_jax import maps as maps_lib
+from wsol_jax.kernels import newton_schulz_cpu
 from wsol_jax.methods import base
 from wsol_jax.methods.tscam import TsCam
 
@@ -264,7 +265,6 @@ def dense_propagation(s: jax.Array, lam: jax.Array, iterations: int, alpha: floa
 
 def use_newton_schulz_kernel(impl: str) -> bool:
   """Whether ``scm.newton_schulz=impl`` runs the CPU kernel here (raises if it must and cannot)."""
-  from wsol_jax.kernels import newton_schulz_cpu
   if impl not in NEWTON_SCHULZ_IMPLS:
     raise ValueError(f"unknown scm.newton_schulz {impl!r}; valid: {NEWTON_SCHULZ_IMPLS}")
   if impl == "xla":
@@ -385,7 +385,6 @@ def _ns_stencil_forward(m: Stencil, iterations: int, alpha: float, precision: An
   if iterations == 1:
     return x0, ()
   if kernel:
-    from wsol_jax.kernels import newton_schulz_cpu
     h, w = m.center.shape[-2:]
     return x0, newton_schulz_cpu.forward(_planes(m), _planes(x0), h, w, iterations)
   n = m.center.shape[-1] * m.center.shape[-2]
@@ -485,18 +484,16 @@ def _diffuse_bwd(iterations, alpha, precision, kernel, res, g):
   m, f, x0, xs = res
   grad_f = _apply_last(m, x0, xs, g[..., None], False, precision)[..., 0]  # X_K g
   k, u, v, grad_m = _low_rank_steps(m, x0, xs, f[..., None], g[..., None], precision)
-  if k >= 0 and kernel:
-    from wsol_jax.kernels import newton_schulz_cpu
+  if k < 0:
+    return grad_m, grad_f
+  dense = jnp.matmul(u, jnp.swapaxes(v, -1, -2), precision=precision)
+  if kernel:  # steps k..1 and step 0 in one FFI call, which returns −Σ Ȳ ⊙ X per plane
     h, w = m.center.shape[-2:]
-    dense = jnp.matmul(u, jnp.swapaxes(v, -1, -2), precision=precision)
     planes = newton_schulz_cpu.backward(_planes(m), _planes(x0), xs[:k], dense, h, w)
-    grad_m = _stencil_add(grad_m, _stencil_of_planes(planes, m))
-  elif k >= 0:
-    dense = jnp.matmul(u, jnp.swapaxes(v, -1, -2), precision=precision)
-    dense, grad_m = _dense_steps(m, xs, dense, grad_m, k, precision)
-    y_bar = stencil_apply(x0, dense)                          # step 0: X₀ᵀ Ḡ
-    grad_m = _stencil_add(grad_m, _coeff_grad(stencil_dense(x0), y_bar, m), -1.0)
-  return grad_m, grad_f
+    return _stencil_add(grad_m, _stencil_of_planes(planes, m)), grad_f
+  dense, grad_m = _dense_steps(m, xs, dense, grad_m, k, precision)
+  y_bar = stencil_apply(x0, dense)                            # step 0: X₀ᵀ Ḡ
+  return _stencil_add(grad_m, _coeff_grad(stencil_dense(x0), y_bar, m), -1.0), grad_f
 
 
 stencil_diffuse.defvjp(_diffuse_fwd, _diffuse_bwd)
