@@ -13,12 +13,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+from typing import Any
 
 import jax
 import jaxlib
 
 KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 HEADERS = (os.path.join(KERNEL_DIR, "pool_tasks.h"),)
+KERNEL_IMPLS = ("auto", "xla", "cpu_kernel")  # values of a setting choosing a kernel or XLA's ops
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno",
          "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros", "-w")
 
@@ -99,3 +101,23 @@ def load_library(source: str, targets: dict[str, str]) -> str:
   for target, symbol in targets.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   return lib_path
+
+
+def use_kernel(setting: str, impl: str, kernel: Any) -> bool:
+  """Whether ``setting=impl`` (one of ``KERNEL_IMPLS``) runs ``kernel`` here.
+
+  ``kernel``: a module with ``load()`` (raises ``KernelBuildError``) and ``available()``.
+  ``'cpu_kernel'`` raises where it cannot run; ``'auto'`` needs one CPU device (an FFI call
+  has no sharding rule, so a batch-sharded step would gather around it) and a kernel that
+  builds here.
+  """
+  if impl not in KERNEL_IMPLS:
+    raise ValueError(f"unknown {setting} {impl!r}; valid: {list(KERNEL_IMPLS)}")
+  if impl == "xla":
+    return False
+  if impl == "cpu_kernel":
+    if jax.default_backend() != "cpu":
+      raise ValueError(f"{setting}='cpu_kernel' needs the CPU backend, not {jax.default_backend()!r}")
+    kernel.load()  # raises KernelBuildError with the compiler's message
+    return True
+  return jax.default_backend() == "cpu" and jax.device_count() == 1 and kernel.available()

@@ -50,12 +50,12 @@ import ml_collections
 import numpy as np
 
 from wsol_jax import maps as maps_lib
-from wsol_jax.kernels import newton_schulz_cpu
+from wsol_jax.kernels import build, newton_schulz_cpu
 from wsol_jax.methods import base
 from wsol_jax.methods.tscam import TsCam
 
 IMPLS = ("stencil", "dense")
-NEWTON_SCHULZ_IMPLS = ("auto", "xla", "cpu_kernel")
+NEWTON_SCHULZ_IMPLS = build.KERNEL_IMPLS
 TIES = ("first", "split")
 PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "high": jax.lax.Precision.HIGH,
               "default": jax.lax.Precision.DEFAULT}
@@ -265,19 +265,7 @@ def dense_propagation(s: jax.Array, lam: jax.Array, iterations: int, alpha: floa
 
 def use_newton_schulz_kernel(impl: str) -> bool:
   """Whether ``scm.newton_schulz=impl`` runs the CPU kernel here (raises if it must and cannot)."""
-  if impl not in NEWTON_SCHULZ_IMPLS:
-    raise ValueError(f"unknown scm.newton_schulz {impl!r}; valid: {NEWTON_SCHULZ_IMPLS}")
-  if impl == "xla":
-    return False
-  if impl == "cpu_kernel":
-    if jax.default_backend() != "cpu":
-      raise ValueError(f"scm.newton_schulz='cpu_kernel' needs the CPU backend, not "
-                       f"{jax.default_backend()!r}")
-    newton_schulz_cpu.load()  # raises KernelBuildError with the compiler's message
-    return True
-  # 'auto': a custom call is not partitioned, so a batch-sharded mesh keeps XLA's ops.
-  return (jax.default_backend() == "cpu" and jax.device_count() == 1
-          and newton_schulz_cpu.available())
+  return build.use_kernel("scm.newton_schulz", impl, newton_schulz_cpu)
 
 
 class Stencil(NamedTuple):

@@ -45,28 +45,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wsol_jax.kernels import build
 from wsol_jax.models import heads, layers
 
 CAPTURE_NAMES = ("attn", "attn_cls", "scores", "scores_cls", "tokens", "pre_logits", "semantic")
-ATTENTION_IMPLS = ("auto", "xla", "cpu_kernel")
+ATTENTION_IMPLS = build.KERNEL_IMPLS
 
 
 def use_attention_kernel(impl: str) -> bool:
   """Whether ``attention_impl=impl`` runs the CPU kernel on this backend (raises if it must
   and cannot)."""
-  if impl not in ATTENTION_IMPLS:
-    raise ValueError(f"unknown attention_impl {impl!r}; valid: {list(ATTENTION_IMPLS)}")
-  if impl == "xla":
-    return False
   from wsol_jax.kernels import attention_cpu
-  if impl == "cpu_kernel":
-    if jax.default_backend() != "cpu":
-      raise ValueError(f"attention_impl='cpu_kernel' needs the CPU backend, not {jax.default_backend()!r}")
-    attention_cpu.load()  # raises KernelBuildError with the compiler's message
-    return True
-  # auto: one CPU device (the FFI call has no sharding rule, so a batch-sharded step
-  # would gather around it) and a kernel that builds here.
-  return jax.default_backend() == "cpu" and jax.device_count() == 1 and attention_cpu.available()
+  return build.use_kernel("attention_impl", impl, attention_cpu)
 
 
 def _dense(features: int, name: str, dtype: Any, use_bias: bool = True) -> nn.Dense:
