@@ -18,14 +18,28 @@ if not flags.FLAGS.is_parsed():
 GOLDEN_DIR = pathlib.Path(
     os.environ.get("WSOL_GOLDEN_DIR",
                    pathlib.Path(__file__).resolve().parents[2] / "shared" / "golden" / "v1"))
+# CI (.ci/run) sets WSOL_REQUIRE_GOLDEN=1 so that missing vectors fail the run instead of
+# silently skipping every parity test; a plain clone without ../shared skips them.
+REQUIRE_GOLDEN = os.environ.get("WSOL_REQUIRE_GOLDEN", "") not in ("", "0")
+
+
+def golden_missing_message(directory: pathlib.Path) -> str:
+  return (f"golden vectors not found at {directory}: these parity tests compare with outputs of "
+          "the official PyTorch code shipped in the project's shared/golden/v1; "
+          "set WSOL_GOLDEN_DIR")
 
 
 @pytest.fixture(scope="session")
 def golden_dir() -> pathlib.Path:
-  """Directory of the official-code golden vectors (../shared/golden/v1)."""
+  """Directory of the official-code golden vectors (../shared/golden/v1).
+
+  Every golden-dependent test reaches the files through this fixture, so a missing directory
+  skips exactly those tests (or fails them under WSOL_REQUIRE_GOLDEN=1)."""
   if not (GOLDEN_DIR / "MANIFEST.md").exists():
-    raise FileNotFoundError(
-        f"golden vectors not found at {GOLDEN_DIR}; set WSOL_GOLDEN_DIR to shared/golden/v1")
+    message = golden_missing_message(GOLDEN_DIR)
+    if REQUIRE_GOLDEN:
+      pytest.fail(f"WSOL_REQUIRE_GOLDEN is set and {message}", pytrace=False)
+    pytest.skip(message)
   return GOLDEN_DIR
 
 

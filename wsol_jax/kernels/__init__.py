@@ -1,1 +1,0 @@
-"""Hand-written kernels XLA calls through its FFI (compiled on first use)."""
