@@ -36,13 +36,21 @@ def minmax(maps: jax.Array, axes: Sequence[int] = (-2, -1)) -> jax.Array:
 
   This is wsolevaluation's ``normalize_scoremap`` (the official TS-CAM/SCM code has no
   guard and would produce NaN for a constant map).
+
+  The peak is exactly 1 and the minimum exactly 0, as in the official numpy division. XLA
+  compiles the division by a per-map constant as a multiplication by its reciprocal, which
+  leaves the peak of some maps at 1 − 2⁻²⁴: ``uint8(255·S)`` then peaks at 254 and every box
+  threshold ``int(τ·max U)`` of wsolevaluation and TS-CAM shifts. So the maximum is pinned
+  to 1 (and every value clipped to [0, 1]); the minimum needs no help, ``min − min = 0``.
   """
   axes = tuple(axes)
   lo = jnp.min(maps, axis=axes, keepdims=True)
   hi = jnp.max(maps, axis=axes, keepdims=True)
   span = hi - lo
   ok = jnp.all(jnp.isfinite(maps), axis=axes, keepdims=True) & (span > 0)
-  return jnp.where(ok, (maps - lo) / jnp.where(ok, span, 1), 0).astype(maps.dtype)
+  scaled = jnp.clip((maps - lo) / jnp.where(ok, span, 1), 0, 1)
+  scaled = jnp.where(maps == hi, 1, scaled)
+  return jnp.where(ok, scaled, 0).astype(maps.dtype)
 
 
 def resize_and_normalize(maps: jax.Array, size: Sequence[int], method: str = "bilinear") -> jax.Array:
@@ -55,7 +63,9 @@ def resize_and_normalize_host(raw: np.ndarray, size: Sequence[int], method: str 
   """One (h, w) map -> (H, W) float64 in [0, 1]: ``cv2.resize`` in float64, then guarded min-max.
 
   ``size`` is (H, W). This is wsolevaluation's ``cv2.resize`` + ``normalize_scoremap``
-  (ViTOL, CAM); for bilinear it equals TS-CAM/SCM/AG-CAM up to float32 rounding.
+  (ViTOL, CAM); for bilinear it equals TS-CAM/SCM/AG-CAM up to float32 rounding. The true
+  numpy division gives exactly 1 at the peak (``s/s = 1`` in IEEE arithmetic) and 0 at the
+  minimum, which the box thresholds ``int(τ·max uint8(255·S))`` rely on.
   """
   if method not in CV2_METHODS:
     raise ValueError(f"unknown resize method {method!r}; valid: {sorted(CV2_METHODS)}")
