@@ -11,7 +11,7 @@ benchmark's TS-CAM step twice: as is, and with every ``nn.Dense`` of the ViT giv
 ``dot_general`` that calls the handler (custom VJP: dX = g·Wᵀ, dW = Xᵀ·g, the same
 handler with transpose flags). The handler splits the output rows over XLA's intra-op
 thread pool and runs single-threaded ``sgemm`` on each chunk (``ParallelFor`` of
-``wsol_jax/kernels/pool_tasks.h``, shared with the attention kernel).
+``wsol_jax/cpu/pool_tasks.h``, shared with the attention kernel).
 Both steps are timed interleaved with the matmul rate; the ratio is "BLAS / XLA".
 """
 from __future__ import annotations
@@ -25,14 +25,14 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from wsol_jax import host_memory  # noqa: E402
+from wsol_jax import cpu  # noqa: E402
 
 KERNEL = r"""
 #include <algorithm>
 #include <cstdint>
 #include "xla/ffi/api/ffi.h"
 #include "cblas.h"
-#include "pool_tasks.h"  // wsol_jax/kernels: ParallelFor over XLA's pool, OneBlasThread
+#include "pool_tasks.h"  // wsol_jax/cpu: ParallelFor over XLA's pool, OneBlasThread
 namespace ffi = xla::ffi;
 using wsol::ParallelFor;
 
@@ -64,11 +64,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(WsolGemm, GemmImpl,
 def build_kernel() -> ctypes.CDLL:
   """Compiles ``KERNEL`` into a temporary shared library and loads it."""
   import jax.ffi
-  from wsol_jax.kernels import build
+  from wsol_jax.cpu import build
   try:
     import scipy_openblas32 as openblas
   except ImportError:
-    sys.exit("error: this benchmark needs scipy-openblas32 (a wsol_jax dependency): pip install -e .")
+    sys.exit("error: this benchmark needs scipy-openblas32: pip install -e '.[cpu]'")
   out = tempfile.mkdtemp(prefix="wsol_blas_")
   src, lib = os.path.join(out, "gemm.cc"), os.path.join(out, "libwsol_gemm.so")
   with open(src, "w") as f:
@@ -108,7 +108,8 @@ def blas_dense_patch():
     out = matmul(lhs.reshape(-1, lhs.shape[-1]), rhs)
     return out.reshape(lhs.shape[:-1] + (rhs.shape[1],))
 
-  def dense(features, name, dtype, use_bias=True):
+  def dense(features, name, dtype, injected_dot_general, use_bias=True):
+    del injected_dot_general  # replaced by the OpenBLAS one
     return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name, dot_general=dot_general,
                     kernel_init=layers.trunc_normal_init(0.02), bias_init=nn.initializers.zeros)
 
@@ -120,7 +121,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--steps", type=int, default=5, help="timed rounds (after 2 warm-ups)")
   args = parser.parse_args()
-  host_memory.keep_freed_host_memory()
+  cpu.install(argparse.Namespace(cpu_tuning="auto"))  # before JAX starts, as the trainer does
   import jax
   import train_step
   from wsol_jax.models import vit

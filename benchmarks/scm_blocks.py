@@ -8,8 +8,8 @@ XLA cost-analysis FLOPs of every compiled function::
     python benchmarks/scm_blocks.py --batch 8                      # DeiT-S, 224, 200 classes
     python benchmarks/scm_blocks.py --batch 32 --repeats 3 --json out.json
 
-Host malloc and the dots' runtime are set as the trainer sets them (``wsol_jax.host_memory``,
-``config.xla.cpu_dots``). Timings interleave the variants (round-robin) and report the median
+The CPU wing is set up as the trainer sets it up (``wsol_jax.cpu``, ``--cpu-tuning``; with
+the Newton–Schulz kernel the stencil is also timed with the wing's other parts only). Timings interleave the variants (round-robin) and report the median
 and the minimum of ``--repeats`` runs after one warm-up call, so load from other processes
 affects every variant alike. FLOPs come from XLA's cost analysis of the
 lowered (pre-optimisation) HLO of the XLA-op version of each variant (they cannot see inside
@@ -30,21 +30,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from wsol_jax import config_lib, cpu_dots, host_memory
+from wsol_jax import config_lib, cpu
 from wsol_jax.methods import get_method
 from wsol_jax.methods import scm as scm_lib
+from wsol_jax.models import scm_adb
+from wsol_jax.runtime import Runtime
 
 
-def make_config(method: str, args: argparse.Namespace, impl: str = "stencil",
-                newton_schulz: str = "auto") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
+def make_config(method: str, args: argparse.Namespace, impl: str = "stencil"
+                ) -> ml_collections.ConfigDict:
+  c = config_lib.base_config()
   c.method = method
-  c.model = ml_collections.ConfigDict(dict(
-      name=args.model, num_classes=args.num_classes, kwargs=dict(), pretrained="",
-      drop_path_rate=args.drop_path))
-  c.data = ml_collections.ConfigDict(dict(image_size=args.image_size))
-  c.scm = ml_collections.ConfigDict(dict(impl=impl, precision=args.precision,
-                                         newton_schulz=newton_schulz))
+  c.model.update(dict(name=args.model, num_classes=args.num_classes,
+                      drop_path_rate=args.drop_path))
+  c.data.image_size = args.image_size
+  c.scm.update(dict(impl=impl, precision=args.precision))
   return c
 
 
@@ -56,13 +56,12 @@ def flops(fn: Callable, *args: Any) -> float:
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def prepare(grad_fn: Callable, args: tuple[Any, ...], run: bool, count_fn: Callable
-            ) -> tuple[Callable | None, float]:
+def prepare(grad_fn: Callable, args: tuple[Any, ...], run: bool, count_fn: Callable,
+            options: dict[str, str]) -> tuple[Callable | None, float]:
   """(a compiled zero-argument runner, or None if not ``run``; the FLOPs of ``count_fn``)."""
   runner = None
   if run:
-    compiled = jax.jit(grad_fn).lower(*args).compile(
-        compiler_options=cpu_dots.compiler_options(config_lib.base_config().xla.cpu_dots))
+    compiled = jax.jit(grad_fn).lower(*args).compile(compiler_options=options or None)
     runner = lambda: compiled(*args)  # noqa: E731
   return runner, flops(count_fn, *args)
 
@@ -74,12 +73,17 @@ def step_fn(method, batch: dict[str, jax.Array]) -> tuple[Callable, tuple[Any, .
           (variables, batch, jax.random.key(1)))
 
 
-def adbs_fn(cfg: scm_lib.ScmConfig, s: jax.Array, f: jax.Array) -> tuple[Callable, tuple[Any, ...]]:
+def adbs_fn(cfg: scm_lib.ScmConfig, s: jax.Array, f: jax.Array, steps: Any
+            ) -> tuple[Callable, tuple[Any, ...]]:
   """The ADB stack alone: value_and_grad of sum(GAP(S^K)) w.r.t. (S⁰, F⁰, λ, β)."""
+  module = scm_adb.ActivationDiffusion(cfg.iterations, cfg.alpha, cfg.lambda_init, cfg.beta_init,
+                                       cfg.impl, cfg.precision, steps)
+  params = module.init(jax.random.key(0), s[:1], f[:1])
+
   def loss(s, f, p):
-    out, _, _ = scm_lib.run_adbs(s, f, p, cfg)
+    out, _, _ = module.apply(p, s, f)
     return jnp.sum(jnp.mean(out, axis=(1, 2)))
-  return jax.value_and_grad(loss, argnums=(0, 1, 2)), (s, f, cfg.init_params())
+  return jax.value_and_grad(loss, argnums=(0, 1, 2)), (s, f, params)
 
 
 def time_round_robin(fns: dict[str, Callable], repeats: int) -> dict[str, list[float]]:
@@ -102,45 +106,48 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--drop-path", type=float, default=0.1)
-  parser.add_argument("--precision", default="highest", choices=sorted(scm_lib.PRECISIONS))
+  parser.add_argument("--precision", default="highest", choices=sorted(scm_adb.PRECISIONS))
   parser.add_argument("--no-dense", action="store_true", help="skip the dense (literal) ADB variant")
-  parser.add_argument("--newton-schulz", default="auto", choices=scm_lib.NEWTON_SCHULZ_IMPLS,
-                      help="config.scm.newton_schulz (auto: the CPU kernel on one CPU device; "
-                           "then the stencil is also timed on XLA's ops)")
+  parser.add_argument("--cpu-tuning", default="auto", choices=cpu.SETTINGS,
+                      help="the CPU wing (as config.cpu_tuning)")
   parser.add_argument("--flops-only", action="store_true", help="count FLOPs, do not time")
   parser.add_argument("--json", default="", help="write the results to this file")
   args = parser.parse_args(argv)
-  host_memory.keep_freed_host_memory()  # as the trainer (before JAX allocates)
+  runtime = cpu.install(argparse.Namespace(cpu_tuning=args.cpu_tuning))  # before JAX starts
+  plan = cpu.plan(args.cpu_tuning)
+  no_kernel = cpu.runtime(dataclasses.replace(plan, newton_schulz=False))
+  steps_impl = runtime.model_impls.get("newton_schulz_steps")
 
   rng = np.random.default_rng(0)
   b, size = args.batch, args.image_size
   batch = {"image": jnp.asarray(rng.standard_normal((b, size, size, 3)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, args.num_classes, b), jnp.int32)}
-  ns = args.newton_schulz
-  # (name, method, impl, newton_schulz); with the CPU kernel also the stencil on XLA's ops.
-  variants = [("tscam", "tscam", "stencil", ns), ("scm_stencil", "scm", "stencil", ns)]
-  kernel = scm_lib.use_newton_schulz_kernel(ns)
+  kernel = steps_impl is not None
+  # (name, method, impl, runtime); with the CPU kernel also the stencil on XLA's ops.
+  variants = [("tscam", "tscam", "stencil", runtime), ("scm_stencil", "scm", "stencil", runtime)]
   if kernel:
-    variants.append(("scm_stencil_xla", "scm", "stencil", "xla"))
+    variants.append(("scm_stencil_xla", "scm", "stencil", no_kernel))
   if not args.no_dense:
-    variants.append(("scm_dense", "scm", "dense", ns))
+    variants.append(("scm_dense", "scm", "dense", runtime))
 
-  # The FLOPs are counted on XLA's ops: cost analysis cannot see inside the FFI kernel.
-  fns = {name: (step_fn(get_method(make_config(method, args, impl, ns_impl)), batch),
-                step_fn(get_method(make_config(method, args, impl, "xla")), batch)[0])
-         for name, method, impl, ns_impl in variants}
+  # The FLOPs are counted with the wing off: cost analysis cannot see inside the FFI kernel.
+  fns = {name: (step_fn(get_method(make_config(method, args, impl), rt), batch),
+                step_fn(get_method(make_config(method, args, impl), Runtime()), batch)[0])
+         for name, method, impl, rt in variants}
   grid = size // 16
   s = jnp.asarray(rng.standard_normal((b, grid, grid, args.num_classes)), jnp.float32)
   f = jnp.asarray(rng.uniform(size=(b, grid * grid)), jnp.float32)
-  adb_variants = [("adbs_stencil", "stencil", ns)] + [("adbs_stencil_xla", "stencil", "xla")] * kernel
+  adb_variants = [("adbs_stencil", "stencil", steps_impl)]
+  adb_variants += [("adbs_stencil_xla", "stencil", None)] * kernel
   if not args.no_dense:
-    adb_variants.append(("adbs_dense", "dense", ns))
-  for name, impl, ns_impl in adb_variants:
-    cfg = scm_lib.ScmConfig(impl=impl, precision=args.precision, newton_schulz=ns_impl)
-    fns[name] = (adbs_fn(cfg, s, f), adbs_fn(dataclasses.replace(cfg, newton_schulz="xla"), s, f)[0])
+    adb_variants.append(("adbs_dense", "dense", None))
+  for name, impl, steps_ in adb_variants:
+    cfg = scm_lib.ScmConfig(impl=impl, precision=args.precision)
+    fns[name] = (adbs_fn(cfg, s, f, steps_), adbs_fn(cfg, s, f, None)[0])
   steps, gflops = {}, {}
   for name, ((grad_fn, fn_args), count_fn) in fns.items():
-    steps[name], gflops[name] = prepare(grad_fn, fn_args, not args.flops_only, count_fn)
+    steps[name], gflops[name] = prepare(grad_fn, fn_args, not args.flops_only, count_fn,
+                                        dict(runtime.compiler_options))
 
   if args.flops_only:
     times = {name: [float("nan")] for name in steps}

@@ -10,9 +10,9 @@ times, each with one part of the ViT replaced by a no-op while tracing, and time
 compiled steps round-robin with the matmul rate. The drop in step time is that part's
 cost in context. The variants:
 
-* ``full``: the step as the trainer runs it (attention core in the CPU kernel,
-  ``wsol_jax.kernels.attention_cpu``, where it builds);
-* ``xla_attention``: the same step with XLA's attention (``attention_impl='xla'``);
+* ``full``: the step as the trainer runs it (the CPU wing as ``cpu_tuning='auto'`` sets it
+  up: on one device the attention core in the FFI kernel ``wsol_jax.cpu.attention``);
+* ``xla_attention``: the same step with XLA's attention (the wing without its ``attention``);
 * ``no_gelu``, ``no_layernorm``, ``no_droppath``: that op is the identity;
 * ``no_attention``: the split into heads and the attention core (q·kᵀ, softmax, ·v)
   are skipped, the attention output is v (the qkv and proj Dense layers stay);
@@ -27,6 +27,7 @@ they are never a training step to use.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -39,7 +40,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step  # noqa: E402  (sibling benchmark: patched_step_runner, time_round_robin)
 
-from wsol_jax import host_memory  # noqa: E402
+from wsol_jax import cpu  # noqa: E402
 from wsol_jax.models import vit  # noqa: E402
 
 DIM, DEPTH, TOKENS = 384, 12, 197  # DeiT-S at 224 px
@@ -55,18 +56,19 @@ class _Identity(nn.Module):
 
 
 def _attention_value_only(self: vit.Attention, x, *, train, delta, stop_grad_input, cls_row=False,
-                          kernel=False):
+                          need_scores=False):
   """``vit.Attention.__call__`` without its core: the heads' output is v."""
-  del train, delta, stop_grad_input, cls_row, kernel
+  del train, delta, stop_grad_input, cls_row, need_scores
   b, n, dim = x.shape
-  qkv = vit._dense(3 * dim, "qkv", self.dtype, use_bias=self.qkv_bias)(x)
+  qkv = vit._dense(3 * dim, "qkv", self.dtype, self.dot_general, use_bias=self.qkv_bias)(x)
   v = qkv.reshape(b, n, 3, dim)[:, :, 2]
-  return vit._dense(dim, "proj", self.dtype)(v), {}
+  return vit._dense(dim, "proj", self.dtype, self.dot_general)(v), {}
 
 
+PARTS_OFF = {"xla_attention": ("attention",)}  # variant: wing parts turned off
 ABLATIONS = {  # variant: [(object, attribute, replacement)] while the step is traced
     "full": [],
-    "xla_attention": [(vit, "use_attention_kernel", lambda impl: False)],
+    "xla_attention": [],
     "no_gelu": [(vit, "gelu", lambda x: x)],
     "no_layernorm": [(vit, "_layer_norm", lambda eps, name, dtype: _Identity(name=name))],
     "no_droppath": [(vit.DropPath, "__call__", lambda self, x, train: x)],
@@ -114,9 +116,14 @@ def main() -> None:
   unknown = sorted(set(variants) - {*ABLATIONS, "gemm_only"})
   if unknown:
     parser.error(f"unknown variants {unknown}; valid: {[*ABLATIONS, 'gemm_only']}")
-  host_memory.keep_freed_host_memory()  # before JAX starts, as the trainer does
+  cpu.install(argparse.Namespace(cpu_tuning="auto"))  # before JAX starts, as the trainer does
+  plan = cpu.plan("auto")
+
+  def runtime(v):
+    return cpu.runtime(dataclasses.replace(plan, **{p: False for p in PARTS_OFF.get(v, ())}))
   built = {v: gemm_only(args.batch) if v == "gemm_only"
-           else train_step.patched_step_runner("tscam", args.batch, ABLATIONS[v]) for v in variants}
+           else train_step.patched_step_runner("tscam", args.batch, ABLATIONS[v], runtime(v))
+           for v in variants}
   times, rates = train_step.time_round_robin({v: run for v, (run, _) in built.items()}, args.steps)
   burst = max(fastest for fastest, _ in rates)
   ref = statistics.median(times["full"]) if "full" in times else None

@@ -28,7 +28,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step  # noqa: E402  (sibling benchmark: build(), the matmul rate)
 
-from wsol_jax import host_memory  # noqa: E402
+from wsol_jax import cpu  # noqa: E402
 
 
 def torch_step(batch: int, drop_path_rate: float = 0.1, num_classes: int = 200):
@@ -131,7 +131,7 @@ def main() -> None:
   parser.add_argument("--profile", action="store_true",
                       help="also split one PyTorch step's time by op kind (torch.profiler)")
   args = parser.parse_args()
-  host_memory.keep_freed_host_memory()  # before JAX starts, as the trainer does
+  cpu.install(argparse.Namespace(cpu_tuning="auto"))  # before JAX starts, as the trainer does
   run_torch = torch_step(args.batch)
   *jax_step, flops = train_step.build("tscam", args.batch)
   times, rates = train_step.time_round_robin(

@@ -2,6 +2,7 @@
 
   python benchmarks/train_step.py                      # TS-CAM and SCM, DeiT-S, 224, batch 32
   python benchmarks/train_step.py --methods tscam,scm,vitol,rfga --steps 8
+  python benchmarks/train_step.py --parts-off attention   # the wing without one part
 
 For each method: images/s of the full jitted train step (forward, backward, optimizer
 update), the step's FLOPs from XLA's cost analysis, the achieved FLOP/s and its fraction
@@ -13,22 +14,20 @@ methods' steps and the matmul measurement are interleaved round by round: on a s
 VM the speed drifts by 10–20 % over minutes, and two separately timed runs would
 inherit that drift.
 
-The ViT methods run their attention core as the trainer does on one CPU device: in the
-FFI kernel ``wsol_jax.kernels.attention_cpu`` (``--attention xla``: XLA's ops). XLA's
-cost analysis cannot see inside that kernel, so the FLOPs are always those of the step
-with XLA's attention (the same arithmetic); likewise SCM's Newton–Schulz steps, which run in
-``wsol_jax.kernels.newton_schulz_cpu`` (``config.scm.newton_schulz``).
-
-Host malloc is configured as ``python -m wsol_jax.train`` configures it
-(``wsol_jax.host_memory``: freed memory stays in the process, so XLA:CPU's per-step
-buffers are not page-faulted again every step); ``--malloc default`` measures without.
-The step is compiled with the trainer's ``config.xla.cpu_dots`` (``wsol_jax.cpu_dots``;
-``--cpu-dots xla`` for XLA's own dot placement).
+Each method's step runs as the trainer runs it, with the CPU wing (``wsol_jax.cpu``) as
+``--cpu-tuning`` (default ``auto``, the trainer's default) sets it up — on one CPU device the
+attention and SCM's Newton–Schulz steps in FFI kernels, the xᵀ·g matmul VJP, the gradient
+barrier, the dot-thunk option and the host malloc setting — and, in the same rounds, with
+the wing off (plain XLA, what a GPU/TPU runs; the malloc setting is process-wide, so it
+applies to both). ``on/off`` is the ratio of the median step times. ``--parts-off`` turns
+single parts of the wing off (e.g. ``attention,dots``). XLA's cost analysis cannot see
+inside FFI calls, so the FLOPs are always those of the wing-off step (the same arithmetic).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import statistics
 import time
 from typing import Any, Callable, Sequence
@@ -37,10 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsol_jax import config_lib, cpu_dots, host_memory, methods, optim, sharding
+from wsol_jax import config_lib, cpu, methods, optim, sharding
 from wsol_jax import trainer
-from wsol_jax.kernels import attention_cpu as attention_kernel
-from wsol_jax.kernels import newton_schulz_cpu as newton_schulz_kernel
+from wsol_jax.runtime import Runtime
 
 SETUPS = {
     # method: (model, image size, extra config)
@@ -68,8 +66,7 @@ def matmul_rates(n: int = 2048, repeats: int = MATMUL_RUNS) -> tuple[float, floa
   return 2 * n ** 3 / best, repeats * 2 * n ** 3 / (time.perf_counter() - start)
 
 
-def _jitted_step(method_name: str, batch: int, attention_impl: str,
-                 cpu_dots_choice: str | None = None, newton_schulz: str = "auto"):
+def _jitted_step(method_name: str, batch: int, runtime: Runtime):
   """(jitted train step, its mesh, a function making its initial state)."""
   model_name, size, extra = SETUPS[method_name]
   cfg = config_lib.base_config()
@@ -78,27 +75,24 @@ def _jitted_step(method_name: str, batch: int, attention_impl: str,
   cfg.model.num_classes = 200
   cfg.data.image_size = size
   cfg.training.batch_size = batch
-  if model_name.startswith("deit"):
-    cfg.model.kwargs = {"attention_impl": attention_impl}
-  cfg.scm.newton_schulz = newton_schulz
   for key, value in extra.items():
     config_lib.apply_overrides(cfg, [f"{key}={value}"])
-  method = methods.get_method(cfg)
+  method = methods.get_method(cfg, runtime)
   sched = optim.make_schedule(cfg, steps_per_epoch=100, num_epochs=1)
   params = jax.eval_shape(lambda: method.init_fresh(jax.random.key(0)))["params"]
   tx = optim.make_optimizer(cfg, sched, method.param_labels(params))
   mesh = sharding.make_mesh()
   rep = sharding.replicated(mesh)
-  step = trainer.jit_train_step(trainer.make_train_step(method, tx, sched), mesh,
-                                cpu_dots_choice or cfg.xla.cpu_dots)
+  step = trainer.jit_train_step(trainer.make_train_step(method, tx, sched), mesh, runtime)
   return step, mesh, jax.jit(lambda: trainer.init_state(method, tx, 0), out_shardings=rep)
 
 
-def build(method_name: str, batch: int, attention_impl: str = "auto",
-          cpu_dots_choice: str | None = None, newton_schulz: str = "auto"):
-  """(compiled step, state, batch, FLOPs per step) of ``method_name`` on a random batch."""
-  step, mesh, init_state = _jitted_step(method_name, batch, attention_impl, cpu_dots_choice,
-                                        newton_schulz)
+def build(method_name: str, batch: int, runtime: Runtime | None = None):
+  """(compiled step, state, batch, FLOPs per step) of ``method_name`` on a random batch
+  (``runtime``: default the wing as the trainer's default config sets it up)."""
+  if runtime is None:
+    runtime = cpu.runtime(cpu.plan(config_lib.base_config().cpu_tuning))
+  step, mesh, init_state = _jitted_step(method_name, batch, runtime)
   state = init_state()
   size = SETUPS[method_name][1]
   rng = np.random.default_rng(0)
@@ -106,13 +100,10 @@ def build(method_name: str, batch: int, attention_impl: str = "auto",
               "label": rng.integers(0, 200, (batch,), dtype=np.int32)}
   batch_dev = sharding.global_batch(batch_np, mesh)
   compiled = step.lower(state, batch_dev).compile()
-  hlo = compiled.as_text()
-  if attention_kernel.FORWARD in hlo or newton_schulz_kernel.FORWARD in hlo:
-    # XLA cannot count inside the CPU kernels (FFI calls): count the same step with XLA's
-    # attention and Newton–Schulz steps (its lowered HLO, same state and batch; within
-    # 0.1 % of the compiled step's count).
-    flops = _flops(_jitted_step(method_name, batch, "xla", cpu_dots_choice, "xla")[0].lower(
-        state, batch_dev))
+  if runtime.model_impls:
+    # XLA cannot count inside the CPU kernels (FFI calls): count the same step with the
+    # wing off (its lowered HLO, same state and batch; within 0.1 % of a compiled count).
+    flops = _flops(_jitted_step(method_name, batch, Runtime())[0].lower(state, batch_dev))
   else:
     flops = _flops(compiled)
   # XLA's cost analysis counts one device's share of the batch-sharded step.
@@ -139,12 +130,13 @@ def patched(replacements: Sequence[tuple[Any, str, Any]]):
 
 
 def patched_step_runner(method_name: str, batch: int,
-                        replacements: Sequence[tuple[Any, str, Any]]) -> tuple[Callable[[], float], float]:
-  """(one-step runner, FLOPs) of ``build(method_name, batch)`` traced and compiled with
-  ``replacements`` in place (e.g. a model function swapped for an experiment); the runner
-  calls that compiled executable, so it keeps them after they are restored."""
+                        replacements: Sequence[tuple[Any, str, Any]],
+                        runtime: Runtime | None = None) -> tuple[Callable[[], float], float]:
+  """(one-step runner, FLOPs) of ``build(method_name, batch, runtime)`` traced and compiled
+  with ``replacements`` in place (e.g. a model function swapped for an experiment); the
+  runner calls that compiled executable, so it keeps them after they are restored."""
   with patched(replacements):
-    compiled, state, batch_dev, flops = build(method_name, batch)
+    compiled, state, batch_dev, flops = build(method_name, batch, runtime)
   return step_runner(compiled, state, batch_dev), flops
 
 
@@ -187,45 +179,55 @@ def main() -> None:
   parser.add_argument("--methods", default="tscam,scm")
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--steps", type=int, default=5, help="timed rounds (after 2 warm-ups)")
-  parser.add_argument("--attention", choices=("auto", "xla", "cpu_kernel"), default="auto",
-                      help="attention_impl of the ViT methods (auto: the CPU kernel where it builds)")
-  parser.add_argument("--newton-schulz", choices=("auto", "xla", "cpu_kernel"), default="auto",
-                      help="config.scm.newton_schulz (auto: the CPU kernel where it builds)")
-  parser.add_argument("--cpu-dots", choices=cpu_dots.CHOICES,
-                      default=config_lib.base_config().xla.cpu_dots,
-                      help="config.xla.cpu_dots (default: the trainer's)")
-  parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
-                      help="keep: host_memory.keep_freed_host_memory() as the trainer does")
+  parser.add_argument("--cpu-tuning", choices=cpu.SETTINGS, default="auto",
+                      help="the wing of the main rows (as config.cpu_tuning)")
+  parser.add_argument("--parts-off", default="",
+                      help="comma-separated wing parts to turn off (fields of wsol_jax.cpu.Plan)")
+  parser.add_argument("--no-wing-off-rows", dest="off_rows", action="store_false",
+                      help="do not time the wing-off steps beside the main rows")
   args = parser.parse_args()
-  kept = args.malloc == "keep" and host_memory.keep_freed_host_memory()  # before JAX starts
+  runtime = cpu.install(argparse.Namespace(cpu_tuning=args.cpu_tuning))  # before JAX starts
+  parts_off = [p for p in args.parts_off.split(",") if p]
+  if parts_off:
+    plan = cpu.plan(args.cpu_tuning)
+    runtime = cpu.runtime(dataclasses.replace(plan, **{p: False for p in parts_off}))
   names = args.methods.split(",")
-  built = {name: build(name, args.batch, args.attention, args.cpu_dots, args.newton_schulz)
-           for name in names}
-  kernel = any(attention_kernel.FORWARD in b[0].as_text() for b in built.values())
-  ns_kernel = any(newton_schulz_kernel.FORWARD in b[0].as_text() for b in built.values())
-  times, rates = time_round_robin({n: step_runner(*b[:3]) for n, b in built.items()}, args.steps)
+  built = {name: build(name, args.batch, runtime) for name in names}
+  runners = {n: step_runner(*b[:3]) for n, b in built.items()}
+  if args.off_rows:
+    for name in names:
+      compiled, state, batch_dev, flops = build(name, args.batch, Runtime())
+      built[f"{name}/off"] = (compiled, state, batch_dev, flops)
+      runners[f"{name}/off"] = step_runner(compiled, state, batch_dev)
+  times, rates = time_round_robin(runners, args.steps)
   burst = max(r[0] for r in rates)
   sustained = statistics.median(r[1] for r in rates)
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; host malloc "
-        f"{'keeps freed memory' if kept else 'default'}; ViT attention "
-        f"{'in the CPU kernel' if kernel else 'in XLA ops'}; xla.cpu_dots={args.cpu_dots!r}"
-        f"{'; SCM Newton-Schulz in the CPU kernel' if ns_kernel else ''}\n"
+  ran = runtime.describe()
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; main rows: "
+        + ", ".join(f"{k}={v}" for k, v in ran.items() if k not in ("backend", "device_count"))
+        + ("; '/off' rows: the wing off (plain XLA)" if args.off_rows else "") + "\n"
         f"fp32 matmul rate (2048^3): {burst / 1e9:.1f} GFLOP/s fastest single run of "
         f"{MATMUL_RUNS * args.steps}; {sustained / 1e9:.1f} GFLOP/s sustained (median over "
         f"rounds of {MATMUL_RUNS} back-to-back runs)")
   print(f"{args.steps} rounds, each: {MATMUL_RUNS} matmuls, then one step of every method. "
         f"best/median: step time; of matmul: best step vs the fastest matmul, and the median "
-        f"over rounds of each round's step vs that round's sustained rate; vs TS-CAM: ratio of median step times")
-  print(f"{'method':<8}{'model':<24}{'size':>5}{'best s':>8}{'median s':>9}{'img/s':>7}"
-        f"{'GFLOP/step':>11}{'GFLOP/s':>9}{'of matmul':>10}{'(sust.)':>9}{'vs TS-CAM':>10}")
-  for name in names:
+        f"over rounds of each round's step vs that round's sustained rate; vs TS-CAM: ratio of "
+        f"median step times (same wing); on/off: median step with the wing / without")
+  print(f"{'method':<12}{'model':<24}{'size':>5}{'best s':>8}{'median s':>9}{'img/s':>7}"
+        f"{'GFLOP/step':>11}{'GFLOP/s':>9}{'of matmul':>10}{'(sust.)':>9}{'vs TS-CAM':>10}"
+        f"{'on/off':>8}")
+  for name in times:
+    base_name, _, off = name.partition("/")
     ts, flops = times[name], built[name][3]
     best, med = min(ts), statistics.median(ts)
     paired = statistics.median(flops / t / r[1] for t, r in zip(ts, rates))
-    ratio = f"{med / statistics.median(times['tscam']):.3f}" if "tscam" in times else "-"
-    print(f"{name:<8}{SETUPS[name][0]:<24}{SETUPS[name][1]:>5}{best:>8.3f}{med:>9.3f}"
+    ref = "tscam/off" if off else "tscam"
+    ratio = f"{med / statistics.median(times[ref]):.3f}" if ref in times else "-"
+    on_off = (f"{med / statistics.median(times[name + '/off']):.3f}"
+              if name + "/off" in times else "")
+    print(f"{name:<12}{SETUPS[base_name][0]:<24}{SETUPS[base_name][1]:>5}{best:>8.3f}{med:>9.3f}"
           f"{args.batch / best:>7.1f}{flops / 1e9:>11.1f}{flops / best / 1e9:>9.1f}"
-          f"{flops / best / burst:>10.1%}{paired:>9.1%}{ratio:>10}")
+          f"{flops / best / burst:>10.1%}{paired:>9.1%}{ratio:>10}{on_off:>8}")
 
 
 if __name__ == "__main__":

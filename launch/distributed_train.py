@@ -18,9 +18,7 @@ def _env_int(name):
 
 
 def main(argv):
-  from wsol_jax import host_memory
-  host_memory.keep_freed_host_memory()  # before JAX starts its CPU threads
-  import jax
+  import jax  # the trainer's cpu.install (config.cpu_tuning) runs after this, before any backend
   jax.distributed.initialize(
       coordinator_address=os.environ.get("JAX_COORDINATOR_ADDRESS") or None,
       num_processes=_env_int("JAX_NUM_PROCESSES"),

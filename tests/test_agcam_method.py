@@ -44,7 +44,7 @@ def golden_method(golden_vit_dir):
 
 def test_model_and_class_attributes(golden_method):
   m, _ = golden_method
-  assert type(m).__name__ == "AgCam" and m.stop_gradient
+  assert type(m).__name__ == "AgCam" and m.section_config.stop_gradient
   assert m.model.head == "linear" and m.model.final_norm_eps is None and m.model.post_block is None
   assert (m.map_kinds, m.upsample, m.eval_protocols) == (("agcam", "rollout", "lrp"), "bilinear", ("agcam",))
   assert [m.compute_kind(k) for k in (None, "agcam", "rollout", "lrp")] == [

@@ -1,4 +1,4 @@
-"""The XLA:CPU attention kernel (wsol_jax.kernels.attention_cpu) against XLA's attention."""
+"""The CPU wing's attention kernel (wsol_jax.cpu.attention) against XLA's attention."""
 import dataclasses
 
 import jax
@@ -6,9 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wsol_jax.kernels import attention_cpu
-from wsol_jax.models import vit
-from wsol_jax.models.vit import VisionTransformer
+from wsol_jax.cpu import attention as attention_cpu
+from wsol_jax.models.vit import VisionTransformer, attention_core
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=3, num_classes=5,
             head="conv3x3", drop_path_rate=0.1, drop_rate=0.1)
@@ -35,8 +34,10 @@ def test_forward_and_vjp_match_xla(b, n, heads, d):
       return (out * w_out).sum() + (use_probs * (probs * w_probs).sum() if use_probs else 0.0)
     got = jax.jit(jax.value_and_grad(lambda x: loss(attention_cpu.attention, x)))(qkv)
     want = jax.jit(jax.value_and_grad(lambda x: loss(_reference, x)))(qkv)
+    core = jax.jit(jax.value_and_grad(lambda x: loss(attention_core, x)))(qkv)  # the ViT's
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     np.testing.assert_allclose(got[1], want[1], atol=2e-5 * float(jnp.abs(want[1]).max()))
+    np.testing.assert_allclose(core[1], want[1], atol=2e-5 * float(jnp.abs(want[1]).max()))
   out, probs = jax.jit(attention_cpu.attention, static_argnums=1)(qkv, heads)
   ref_out, ref_probs = _reference(qkv, heads)
   np.testing.assert_allclose(out, ref_out, atol=1e-5 * float(jnp.abs(ref_out).max()))
@@ -56,8 +57,8 @@ def test_softmax_of_extreme_scores_underflows_to_zero_and_propagates_nan():
 
 def test_vit_with_the_kernel_matches_xla_in_training_and_captures():
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-  xla = VisionTransformer(**TINY, attention_impl="xla")
-  kern = dataclasses.replace(xla, attention_impl="cpu_kernel")
+  xla = VisionTransformer(**TINY)
+  kern = dataclasses.replace(xla, attention_fn=attention_cpu.attention_fn)
   variables = xla.init(jax.random.key(0), x)
 
   def run(model):
@@ -81,32 +82,29 @@ def test_vit_with_the_kernel_matches_xla_in_training_and_captures():
   assert attention_cpu.FORWARD not in hlo
 
 
-def test_auto_uses_xla_on_several_devices_and_unknown_impl_fails():
-  assert jax.device_count() > 1  # conftest: 8 fake CPU devices
-  assert not vit.use_attention_kernel("auto")
-  assert vit.use_attention_kernel("cpu_kernel")
-  x = jnp.zeros((1, 32, 32, 3))
-  with pytest.raises(ValueError, match=r"unknown attention_impl 'fast'.*'cpu_kernel'"):
-    VisionTransformer(**TINY, attention_impl="fast").init(jax.random.key(0), x)
+def test_the_injected_core_falls_back_to_xla_for_other_dtypes():
+  qkv = jax.random.normal(jax.random.key(0), (2, 9, 3 * 2 * 4)).astype(jnp.bfloat16)
+  for got, want in zip(attention_cpu.attention_fn(qkv, 2), attention_core(qkv, 2)):
+    assert got.dtype == want.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
 
 
 def test_a_failed_build_raises_with_the_compiler_output_and_leaves_no_library(tmp_path):
   lib = tmp_path / "k.so"
-  with pytest.raises(attention_cpu.KernelBuildError, match="compiling .*attention_cpu.cc failed"):
+  with pytest.raises(attention_cpu.KernelBuildError, match="compiling .*attention.cc failed"):
     attention_cpu._compile(str(lib), "false")
   assert list(tmp_path.iterdir()) == []
 
 
-def test_auto_falls_back_with_a_warning_when_the_kernel_cannot_build(monkeypatch):
+def test_unavailable_gives_the_reason_when_the_kernel_cannot_build(monkeypatch):
   def fail():
     raise attention_cpu.KernelBuildError("no compiler here")
   monkeypatch.setattr(attention_cpu, "load", fail)
-  attention_cpu.available.cache_clear()
+  attention_cpu.unavailable.cache_clear()
   try:
-    with pytest.warns(UserWarning, match="using XLA's attention: no compiler here"):
-      assert not attention_cpu.available()
+    assert attention_cpu.unavailable() == "no compiler here"
   finally:
-    attention_cpu.available.cache_clear()
+    attention_cpu.unavailable.cache_clear()
 
 
 def test_an_unwritable_cache_directory_is_a_build_error(tmp_path):

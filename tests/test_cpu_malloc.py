@@ -1,17 +1,17 @@
-"""host_memory: freed blocks stay in the process, so a worker thread's next large block costs no page faults."""
+"""The CPU wing's malloc setting: freed blocks stay in the process, so a worker thread's next large block costs no page faults."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from wsol_jax import host_memory
+from wsol_jax.cpu import malloc as host_memory
 
 # A worker thread mallocs, touches and frees a 256 MB block three times (as XLA:CPU's
 # worker threads do with each execution's temporary buffer) and reports the page faults.
 SCRIPT = """
 import ctypes, ctypes.util, resource, sys, threading
-from wsol_jax import host_memory
+from wsol_jax.cpu import malloc as host_memory
 applied = host_memory.keep_freed_host_memory() if sys.argv[1] == "keep" else False
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype = ctypes.c_void_p

@@ -98,7 +98,7 @@ def test_cli_target_and_default_batch(vit_dir, image_files, tmp_path):
 def test_cli_conv_head_models_default_to_their_method(tmp_path, image_files, method):
   model, variables = _save_vit(tmp_path / "model", method=method, head="conv3x3")
   explainer = explain.build_explainer(tmp_path / "model")
-  assert explainer.method == method
+  assert explainer.kind == method
   assert explain.explain(explainer, image_files[:1], tmp_path / "out") == 1
   ref, _ = _reference_maps(model, variables, image_files[:1], method)
   # SCM's min-max of the attention sum amplifies rounding: compare relative to the map's scale.

@@ -31,10 +31,11 @@ def test_golden_logits_and_every_layer_attention(golden_model, golden_inputs, go
   assert meta["std"] == pytest.approx([0.229, 0.224, 0.225])
 
 
-def test_golden_logits_and_attention_with_the_cpu_attention_kernel(golden_model, golden_inputs,
-                                                                   golden_dir):
+def test_golden_logits_and_attention_with_the_cpu_wing(golden_model, golden_inputs, golden_dir):
+  from wsol_jax import cpu
   model, variables, _ = golden_model
-  model = dataclasses.replace(model, attention_impl="cpu_kernel")
+  model = dataclasses.replace(model, **cpu.runtime(cpu.plan("on")).model_overrides(type(model)))
+  assert model.attention_fn is not None and model.block_boundary is not None
   gold = np.load(golden_dir / "timm_vit.npz")
   logits, aux = jax.jit(lambda v, x: model.apply(v, x, capture=("attn", "attn_cls")))(
       variables, golden_inputs[0])
@@ -225,40 +226,3 @@ def test_bad_capture_delta_and_model_name_give_clear_errors():
   with pytest.raises(ValueError, match="unknown vit model options"):
     create_model("deit_small_patch16_224", n_layers=3)
 
-
-def test_gradient_barrier_is_an_identity_that_survives_compilation():
-  from wsol_jax.models.vit import gradient_barrier
-  x = jax.random.normal(jax.random.key(0), (2, 5, 4))
-  w = jax.random.normal(jax.random.key(1), (2, 5, 4))
-  f = lambda x: jnp.sum(jnp.sin(gradient_barrier(x)) * w)
-  np.testing.assert_array_equal(gradient_barrier(x), x)
-  np.testing.assert_allclose(jax.grad(f)(x), jnp.cos(x) * w, rtol=1e-6)
-  # The backward keeps one while loop per barrier: XLA cannot fuse the residual-gradient
-  # chain across blocks (which made XLA:CPU recompute it O(depth²) times).
-  model, variables, images = _tiny()
-  loss = lambda p: model.apply({"params": p}, images)[0].sum()
-  hlo = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
-  assert hlo.count(" while(") >= model.depth
-
-
-@pytest.mark.parametrize("x_shape", [(6, 4), (2, 5, 4)])
-def test_matmul_vjp_is_autodiff_with_the_weight_gradient_as_x_transpose_g(x_shape):
-  from wsol_jax.models import layers
-  x = jax.random.normal(jax.random.key(0), x_shape)
-  w = jax.random.normal(jax.random.key(1), (4, 3))
-  c = jax.random.normal(jax.random.key(2), x_shape[:-1] + (3,))
-  ours = jax.grad(lambda x, w: jnp.sum(jnp.tanh(layers.matmul(x, w)) * c), argnums=(0, 1))(x, w)
-  plain = jax.grad(lambda x, w: jnp.sum(jnp.tanh(x @ w) * c), argnums=(0, 1))(x, w)
-  for a, b in zip(ours, plain):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  # On CPU the weight gradient is one dot with x on the left, contracting the rows of both.
-  # (Autodiff's rule gives g on the left and a (3, 4) product, which XLA:CPU lowers with a
-  # transposing copy of g.)
-  text = jax.jit(jax.grad(lambda w: jnp.sum(layers.matmul(x, w) * c))).lower(w).as_text()
-  rows = int(np.prod(x_shape[:-1]))
-  assert "contracting_dims = [0] x [0]" in text
-  assert f"(tensor<{rows}x4xf32>, tensor<{rows}x3xf32>) -> tensor<4x3xf32>" in text
-  # nn.Dense's other products fall back to lax.dot_general.
-  dims = (((0,), (0,)), ((), ()))
-  np.testing.assert_allclose(layers.dense_dot_general(x.reshape(-1, 4), x.reshape(-1, 4), dims),
-                             x.reshape(-1, 4).T @ x.reshape(-1, 4), rtol=1e-5)

@@ -13,7 +13,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from wsol_jax.methods import padl as P
+from wsol_jax.methods import base
+from wsol_jax.methods.vitol import PadlConfig
+from wsol_jax.models import padl as P
 
 IMPORTANCE_ATOL = 2 * 2.5e-7 + 1e-7 * 2.63
 
@@ -24,7 +26,7 @@ def golden(golden_dir):
 
 
 def test_golden_parameters_are_the_config_defaults(golden):
-  cfg = P.PadlConfig()
+  cfg = PadlConfig()
   assert (cfg.drop_rate, cfg.gamma) == (float(golden["drop_rate"]), float(golden["threshold"]))
   assert not cfg.per_example and cfg.enabled
 
@@ -114,7 +116,7 @@ class _TwoLayers(nn.Module):
 
   @nn.compact
   def __call__(self, x, train):
-    factory = P.post_block_factory(P.PadlConfig())
+    factory = P.post_block_factory()
     y = factory(name="a")(x, train=train)
     return y, factory(name="b")(x, train=train)
 
@@ -144,14 +146,17 @@ def test_gradient_flows_through_the_importance_map_only():
 
 
 def test_config_section_and_factory():
-  cfg = P.PadlConfig.from_config(ml_collections.ConfigDict(
-      {"padl": {"enabled": True, "drop_rate": 0.5, "gamma": 0.8, "per_example": True}}))
+  cfg = base.read_section(ml_collections.ConfigDict(
+      {"padl": {"enabled": True, "drop_rate": 0.5, "gamma": 0.8, "per_example": True}}),
+      "padl", PadlConfig)
   assert (cfg.drop_rate, cfg.gamma, cfg.per_example) == (0.5, 0.8, True)
-  layer = P.post_block_factory(cfg)(name="post")
+  kwargs = dict(drop_rate=cfg.drop_rate, gamma=cfg.gamma, per_example=cfg.per_example)
+  layer = P.post_block_factory(**kwargs)(name="post")
   assert (layer.drop_rate, layer.gamma, layer.per_example, layer.name) == (0.5, 0.8, True, "post")
-  assert P.post_block_factory(P.PadlConfig(enabled=False)) is None
-  assert P.post_block_factory(cfg) == P.post_block_factory(cfg)
+  assert P.post_block_factory(**kwargs) == P.post_block_factory(**kwargs)
+  with pytest.raises(ValueError, match="unknown padl config keys"):
+    base.read_section(ml_collections.ConfigDict({"padl": {"rate": 0.5}}), "padl", PadlConfig)
   with pytest.raises(ValueError, match="drop_rate"):
-    P.PadlConfig(drop_rate=1.5)
+    PadlConfig(drop_rate=1.5)
   with pytest.raises(ValueError, match="branch"):
     P.PAdl(branch="nope").apply({}, jnp.ones((1, 2, 3)), train=True)

@@ -11,8 +11,9 @@ from flax import traverse_util
 from wsol_jax import config_lib, methods, optim
 
 import cli_checks
-from wsol_jax.methods import rfga
+from wsol_jax.methods import rfga as rfga_method
 from wsol_jax.models import load_pretrained
+from wsol_jax.models import rfga
 
 VIEWS = {"c": "bn1", "h": "bn2", "w": "bn3"}  # our view -> MoANA BN name
 
@@ -185,11 +186,11 @@ def test_batchnorm_train_and_eval_behaviour():
 
 def test_invalid_options_raise():
   with pytest.raises(ValueError, match="calibration"):
-    rfga.RfgaConfig(calibration="add")
+    rfga_method.RfgaConfig(calibration="add")
   with pytest.raises(ValueError, match="hw_conv"):
-    rfga.RfgaConfig(hw_conv="dense")
+    rfga_method.RfgaConfig(hw_conv="dense")
   with pytest.raises(ValueError, match="kernel_size"):
-    rfga.RfgaConfig(kernel_size=4)
+    rfga_method.RfgaConfig(kernel_size=4)
 
 
 # ---- network and method ----------------------------------------------------------------------
@@ -238,7 +239,7 @@ def test_network_layout_labels_and_stride(small):
   np.testing.assert_allclose(aux["class_maps"], expect, rtol=1e-4, atol=1e-4)
   argmax_maps, _ = jax.jit(method.maps)(variables, images)
   np.testing.assert_allclose(argmax_maps, maps_fn(variables, images, jnp.argmax(logits, -1))[0])
-  assert rfga.Rfga.upsample == "bicubic" and rfga.Rfga.eval_protocols == ("rfga",)
+  assert rfga_method.Rfga.upsample == "bicubic" and rfga_method.Rfga.eval_protocols == ("rfga",)
 
 
 def test_loss_updates_batch_stats_and_the_optimizer_scales_new_layers(small):
@@ -318,7 +319,7 @@ def test_training_through_the_cli(tmp_path, capsys):
   # The export loads in the explain CLI's loader (model family 'rfga') with CAM maps.
   from wsol_jax import explain
   explainer = explain.build_explainer(workdir / "export")
-  assert explainer.method == "cam"
+  assert explainer.kind == "cam"
   size = explainer.image_size
   raw, logits = explainer.fn(explainer.variables, jnp.zeros((2, size, size, 3), jnp.uint8), None)
   assert raw.ndim == 3 and raw.shape[0] == 2 and logits.shape == (2, explainer.meta["num_classes"])

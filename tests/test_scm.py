@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from wsol_jax import config_lib
 from wsol_jax.methods import base, get_method
 from wsol_jax.methods import scm as S
+from wsol_jax.models import scm_adb as A
 
 TOL_FP64 = {  # MANIFEST scm.npz: (fp64 column, scale column)
     "train_F_in": (1.31e-06, 1.0), "train_S_in": (1.39e-06, 2.36),
@@ -48,10 +50,22 @@ def _rand_semantic(key, b=2, h=5, w=7, c=6):
   return jax.random.normal(jax.random.key(key), (b, h, w, c), jnp.float32)
 
 
+def _params(cfg):
+  """The ADB parameters ``ActivationDiffusion`` creates for ``cfg`` (official initial values)."""
+  module = A.ActivationDiffusion(cfg.iterations, cfg.alpha, cfg.lambda_init, cfg.beta_init)
+  n = 12
+  return module.init(jax.random.key(0), jnp.ones((1, 3, 4, 2)), jnp.ones((1, n)))["params"]
+
+
+def _run(s, f, params, cfg, **kwargs):
+  return A.run_adbs(s, f, params, cfg.iterations, cfg.alpha, impl=cfg.impl,
+                    precision=cfg.precision, **kwargs)
+
+
 # ---- constants ------------------------------------------------------------------------------
 
 def test_laplacian_matches_golden_and_spec_counts(golden_dir):
-  lap = S.grid_laplacian(14, 14)
+  lap = A.grid_laplacian(14, 14)
   np.testing.assert_array_equal(lap, np.load(golden_dir / "scm.npz")["laplacian"])
   np.testing.assert_array_equal(lap.sum(axis=1), 0)
   np.testing.assert_array_equal(lap, lap.T)
@@ -62,36 +76,36 @@ def test_laplacian_matches_golden_and_spec_counts(golden_dir):
 
 @pytest.mark.parametrize("h,w", [(3, 5), (1, 4), (14, 14), (7, 2)])
 def test_laplacian_of_any_grid_and_its_stencil(h, w):
-  lap = S.grid_laplacian(h, w)
+  lap = A.grid_laplacian(h, w)
   idx = np.arange(h * w).reshape(h, w)
   for p in range(h * w):  # neighbours by brute force
     r, c = divmod(p, w)
     nb = [idx[rr, cc] for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1))
           if 0 <= rr < h and 0 <= cc < w]
     assert lap[p, p] == len(nb) and sorted(np.flatnonzero(lap[p]).tolist()) == sorted(nb + [p])
-  ones = S.Stencil(jnp.ones((1, h, w)), jnp.ones((1, h, w - 1)), jnp.ones((1, h - 1, w)))
-  stencil_lap = S.stencil_weights(ones, jnp.zeros(1))  # λ = 0: Λ ⊙ (−1) = −Λ
-  np.testing.assert_array_equal(-S.stencil_dense(stencil_lap)[0], lap)
+  ones = A.Stencil(jnp.ones((1, h, w)), jnp.ones((1, h, w - 1)), jnp.ones((1, h - 1, w)))
+  stencil_lap = A.stencil_weights(ones, jnp.zeros(1))  # λ = 0: Λ ⊙ (−1) = −Λ
+  np.testing.assert_array_equal(-A.stencil_dense(stencil_lap)[0], lap)
 
 
 def test_stencil_weights_equal_the_dense_masked_cosine_similarity():
   s = _rand_semantic(0)
   lam = jnp.array([0.8])
   b, h, w, c = s.shape
-  dense = S.laplacian_weights(jnp.asarray(S.grid_laplacian(h, w)),
-                              S.cosine_similarity(s.reshape(b, h * w, c)), lam)
-  np.testing.assert_allclose(S.stencil_dense(S.stencil_weights(S.stencil_similarity(s), lam)),
+  dense = A.laplacian_weights(jnp.asarray(A.grid_laplacian(h, w)),
+                              A.cosine_similarity(s.reshape(b, h * w, c)), lam)
+  np.testing.assert_allclose(A.stencil_dense(A.stencil_weights(A.stencil_similarity(s), lam)),
                              dense, atol=1e-6)
-  m1 = S.laplacian_weights(jnp.asarray(S.grid_laplacian(h, w)),
-                           S.cosine_similarity(s.reshape(b, h * w, c)), jnp.ones(1))
+  m1 = A.laplacian_weights(jnp.asarray(A.grid_laplacian(h, w)),
+                           A.cosine_similarity(s.reshape(b, h * w, c)), jnp.ones(1))
   np.testing.assert_allclose(jnp.diagonal(m1, axis1=1, axis2=2), 0, atol=1e-5)  # λ=1: M_pp ≈ 0
   np.testing.assert_allclose(m1, jnp.swapaxes(m1, 1, 2), atol=1e-6)
 
 
 def test_stencil_apply_is_the_dense_product():
-  m = S.stencil_weights(S.stencil_similarity(_rand_semantic(1)), jnp.array([1.3]))
+  m = A.stencil_weights(A.stencil_similarity(_rand_semantic(1)), jnp.array([1.3]))
   x = jax.random.normal(jax.random.key(2), (2, 35, 9))
-  np.testing.assert_allclose(S.stencil_apply(m, x), S.stencil_dense(m) @ x, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(A.stencil_apply(m, x), A.stencil_dense(m) @ x, rtol=1e-5, atol=1e-5)
 
 
 # ---- Newton–Schulz --------------------------------------------------------------------------
@@ -110,7 +124,7 @@ def test_newton_schulz_is_the_official_recurrence_bit_for_bit_in_float64():
   m = np.random.default_rng(0).integers(-2, 3, (3, 12, 12)).astype(np.float64)
   with jax.enable_x64(True):
     for k in (1, 2, 3):
-      got = jax.jit(S.newton_schulz, static_argnums=(1, 2))(jnp.asarray(m), k, 0.125)
+      got = jax.jit(A.newton_schulz, static_argnums=(1, 2))(jnp.asarray(m), k, 0.125)
       np.testing.assert_array_equal(np.asarray(got), _numpy_ns(m, k, 0.125))
 
 
@@ -118,12 +132,12 @@ def test_newton_schulz_of_a_real_m_equals_numpy_and_is_not_the_inverse():
   s = np.asarray(_rand_semantic(3, b=2, h=14, w=14, c=10), np.float64)
   with jax.enable_x64(True):
     b, h, w, c = s.shape
-    m = S.laplacian_weights(jnp.asarray(S.grid_laplacian(h, w), jnp.float64),
-                            S.cosine_similarity(jnp.asarray(s).reshape(b, h * w, c)),
+    m = A.laplacian_weights(jnp.asarray(A.grid_laplacian(h, w), jnp.float64),
+                            A.cosine_similarity(jnp.asarray(s).reshape(b, h * w, c)),
                             jnp.ones(1, jnp.float64))
     m = np.asarray(m)
     for k in (4, 16):  # float64 BLAS summation order differs: rounding level only
-      got = np.asarray(jax.jit(S.newton_schulz, static_argnums=(1, 2))(jnp.asarray(m), k, 0.002))
+      got = np.asarray(jax.jit(A.newton_schulz, static_argnums=(1, 2))(jnp.asarray(m), k, 0.002))
       want = _numpy_ns(m, k, 0.002)
       np.testing.assert_allclose(got, want, rtol=0, atol=1e-13 * np.abs(want).max())
   x16 = _numpy_ns(m, 16, 0.002)
@@ -135,9 +149,9 @@ def test_newton_schulz_of_a_real_m_equals_numpy_and_is_not_the_inverse():
 
 @pytest.mark.parametrize("k", [1, 4, 16])
 def test_stencil_newton_schulz_equals_dense(k):
-  m = S.stencil_weights(S.stencil_similarity(_rand_semantic(4, h=14, w=14, c=10)), jnp.ones(1))
-  dense = S.newton_schulz(S.stencil_dense(m), k, 0.002, jax.lax.Precision.HIGHEST)
-  got = S.stencil_newton_schulz(m, k, 0.002, jax.lax.Precision.HIGHEST)
+  m = A.stencil_weights(A.stencil_similarity(_rand_semantic(4, h=14, w=14, c=10)), jnp.ones(1))
+  dense = A.newton_schulz(A.stencil_dense(m), k, 0.002, jax.lax.Precision.HIGHEST)
+  got = A.stencil_newton_schulz(m, k, 0.002, jax.lax.Precision.HIGHEST)
   np.testing.assert_allclose(got, dense, atol=2e-6 * float(jnp.abs(dense).max()))
 
 
@@ -151,12 +165,12 @@ def test_low_rank_vjp_equals_autodiff_of_the_recurrence(h, w, k):
     lam = jnp.array([0.9], jnp.float64)
 
     def dense(s, f, lam):
-      m = S.stencil_dense(S.stencil_weights(S.stencil_similarity(s), lam))
-      return jnp.vdot(ct, jnp.einsum("bqp,bq->bp", S.newton_schulz(m, k, 0.002), f))
+      m = A.stencil_dense(A.stencil_weights(A.stencil_similarity(s), lam))
+      return jnp.vdot(ct, jnp.einsum("bqp,bq->bp", A.newton_schulz(m, k, 0.002), f))
 
     def fast(s, f, lam):
-      m = S.stencil_weights(S.stencil_similarity(s), lam)
-      return jnp.vdot(ct, S.stencil_diffuse(m, f, k, 0.002))
+      m = A.stencil_weights(A.stencil_similarity(s), lam)
+      return jnp.vdot(ct, A.stencil_diffuse(m, f, k, 0.002))
     want_v, want = jax.jit(jax.value_and_grad(dense, argnums=(0, 1, 2)))(s, f, lam)
     got_v, got = jax.jit(jax.value_and_grad(fast, argnums=(0, 1, 2)))(s, f, lam)
     np.testing.assert_allclose(got_v, want_v, rtol=1e-12)
@@ -177,42 +191,38 @@ def test_newton_schulz_cpu_kernel_equals_the_xla_steps(h, w, k):
   ct = jax.random.normal(jax.random.key(13), (3, h * w))
   lam = jnp.array([1.2])
 
-  def loss(s, f, lam, kernel):
-    m = S.stencil_weights(S.stencil_similarity(s), lam)
-    return jnp.vdot(ct, S.stencil_diffuse(m, f, k, 0.002, jax.lax.Precision.HIGHEST, kernel))
+  from wsol_jax.cpu import newton_schulz as kernel
+
+  def loss(s, f, lam, steps):
+    m = A.stencil_weights(A.stencil_similarity(s), lam)
+    return jnp.vdot(ct, A.stencil_diffuse(m, f, k, 0.002, jax.lax.Precision.HIGHEST, steps))
   grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
-  want_v, want = grad(s, f, lam, False)
-  got_v, got = grad(s, f, lam, True)
+  want_v, want = grad(s, f, lam, None)
+  got_v, got = grad(s, f, lam, kernel)
   np.testing.assert_allclose(got_v, want_v, rtol=1e-5)  # a sum of ~N·B terms of both signs
   for g, w_ in zip(got, want):
     np.testing.assert_allclose(g, w_, rtol=0, atol=3e-6 * float(jnp.abs(w_).max()))
-  m = S.stencil_weights(S.stencil_similarity(s), lam)
-  want_xs = S._ns_stencil_forward(m, k, 0.002, jax.lax.Precision.HIGHEST)[1]
-  got_xs = jax.jit(lambda m: S._ns_stencil_forward(m, k, 0.002, None, kernel=True)[1])(m)
+  m = A.stencil_weights(A.stencil_similarity(s), lam)
+  want_xs = A._ns_stencil_forward(m, k, 0.002, jax.lax.Precision.HIGHEST)[1]
+  got_xs = jax.jit(lambda m: A._ns_stencil_forward(m, k, 0.002, None, steps=kernel)[1])(m)
   assert len(got_xs) == len(want_xs) == k - 1
   for x_got, x_want in zip(got_xs, want_xs):
     np.testing.assert_allclose(x_got, x_want, rtol=0, atol=2e-6 * float(jnp.abs(x_want).max()))
 
 
-def test_newton_schulz_kernel_selection_and_bad_shapes():
-  from wsol_jax.kernels import newton_schulz_cpu
-  assert jax.device_count() > 1  # conftest: 8 fake CPU devices
-  assert not S.use_newton_schulz_kernel("auto")  # a custom call is not batch-partitioned
-  assert not S.use_newton_schulz_kernel("xla")
-  assert S.use_newton_schulz_kernel("cpu_kernel")
-  with pytest.raises(ValueError, match="unknown scm.newton_schulz 'fast'"):
-    S.use_newton_schulz_kernel("fast")
+def test_newton_schulz_kernel_bad_shapes_and_dtypes():
+  from wsol_jax.cpu import newton_schulz as newton_schulz_cpu
   coef = jnp.zeros((2, 5, 12))
   with pytest.raises(ValueError, match=r"coef_x0 must be float32 \(B, 5, 12\), got float32 \(2, 4, 12\)"):
     newton_schulz_cpu.forward(coef, coef[:, :4], 3, 4, 3)
   with pytest.raises(ValueError, match=r"xs\[1\] must be float32 \(2, 12, 12\)"):
     newton_schulz_cpu.backward(coef, coef, (jnp.zeros((2, 12, 12)), jnp.zeros((2, 12, 11))),
                                jnp.zeros((2, 12, 12)), 3, 4)
-  with jax.enable_x64(True):  # the kernel is float32: asked for explicitly, float64 is an error
+  with jax.enable_x64(True):  # the kernel is float32: injected into float64 ADBs, an error
     s = jnp.asarray(_rand_semantic(14, h=3, w=4), jnp.float64)
-    cfg = S.ScmConfig(newton_schulz="cpu_kernel")
+    cfg = S.ScmConfig()
     with pytest.raises(ValueError, match=r"coef_m must be float32 .*got float64"):
-      S.run_adbs(s, jnp.ones((2, 12), jnp.float64), cfg.init_params(), cfg)
+      _run(s, jnp.ones((2, 12), jnp.float64), _params(cfg), cfg, steps=newton_schulz_cpu)
 
 
 # ---- filter and block properties ------------------------------------------------------------
@@ -220,17 +230,17 @@ def test_newton_schulz_kernel_selection_and_bad_shapes():
 def test_tanhshrink_is_accurate_in_float32_and_has_derivative_tanh_squared():
   z = np.concatenate([-np.geomspace(1e-4, 8, 2000), np.geomspace(1e-4, 8, 2000)]).astype(np.float32)
   true = z.astype(np.float64) - np.tanh(z.astype(np.float64))
-  got = np.asarray(jax.jit(S.tanhshrink)(z), np.float64)
+  got = np.asarray(jax.jit(A.tanhshrink)(z), np.float64)
   assert np.max(np.abs(got - true) / np.abs(true)) < 3e-6  # direct z − tanh z: ~4 at 1e-4
-  dz = jax.vmap(jax.grad(S.tanhshrink))(jnp.asarray(z))
+  dz = jax.vmap(jax.grad(A.tanhshrink))(jnp.asarray(z))
   np.testing.assert_allclose(dz, np.tanh(z.astype(np.float64)) ** 2, rtol=1e-5, atol=1e-12)
 
 
-@pytest.mark.parametrize("impl", S.IMPLS)
+@pytest.mark.parametrize("impl", A.IMPLS)
 def test_adb_update_rules(impl):
   s = _rand_semantic(8, h=14, w=14, c=10)
   f = jax.random.uniform(jax.random.key(9), (2, 196))
-  s1, f1, aux = S.adb(s, f, jnp.ones(1), jnp.full((1,), 0.5), 16, 0.002, impl=impl)
+  s1, f1, aux = A.adb(s, f, jnp.ones(1), jnp.full((1,), 0.5), 16, 0.002, impl=impl)
   d = np.asarray(f1 - f)
   np.testing.assert_allclose(d.min(axis=1), 0, atol=1e-6)
   np.testing.assert_allclose(d.max(axis=1), 1, atol=1e-6)
@@ -248,25 +258,27 @@ def test_filter_threshold_is_beta_times_the_input_max():
   z = np.asarray(ft) / (0.5 * np.array([[1.0], [2.0]]))
   raw = z - np.tanh(z)
   want = (raw - raw.min(1, keepdims=True)) / np.ptp(raw, axis=1, keepdims=True)
-  np.testing.assert_allclose(S.dynamic_filter(ft, f, jnp.array([0.5])), want, rtol=1e-5)
+  np.testing.assert_allclose(A.dynamic_filter(ft, f, jnp.array([0.5])), want, rtol=1e-5)
 
 
 def test_config_defaults_paper_option_and_validation():
   cfg = S.ScmConfig()
   assert cfg.iterations == (16, 4, 4, 4) and cfg.alpha == 0.002 and cfg.num_blocks == 4
   assert (cfg.lambda_init, cfg.beta_init, cfg.impl) == (1.0, 0.5, "stencil")
-  paper = S.ScmConfig.from_config(ml_collections.ConfigDict({"scm": {"iterations": 4}}))
+  def read(section):
+    return base.read_section(ml_collections.ConfigDict({"scm": section}), "scm", S.ScmConfig)
+  paper = read({"iterations": 4})
   assert paper.iterations == (4, 4, 4, 4)
-  assert S.ScmConfig.from_config(ml_collections.ConfigDict({"scm": {
-      "num_blocks": 2, "iterations": (3, 5)}})).iterations == (3, 5)
-  assert cfg.newton_schulz == "auto"
-  for bad in ({"iterations": (16, 4)}, {"iterations": 0}, {"impl": "solver"}, {"precision": "x"},
-              {"newton_schulz": "fast"}):
+  assert read({"num_blocks": 2, "iterations": (3, 5)}).iterations == (3, 5)
+  assert dict(config_lib.base_config().scm) == {
+      "num_blocks": 4, "iterations": (16, 4, 4, 4), "alpha": 0.002, "lambda_init": 1.0,
+      "beta_init": 0.5, "impl": "stencil", "precision": "highest"}  # the schema is the dataclass
+  for bad in ({"iterations": (16, 4)}, {"iterations": 0}, {"impl": "solver"}, {"precision": "x"}):
     with pytest.raises(ValueError, match="scm"):
       S.ScmConfig(**bad)
   with pytest.raises(ValueError, match="unknown scm config keys.*iteration"):
-    S.ScmConfig.from_config(ml_collections.ConfigDict({"scm": {"iteration": 4}}))
-  params = paper.init_params()
+    read({"iteration": 4})
+  params = _params(paper)
   assert sorted(params) == [f"adb_{i}" for i in range(4)]
   assert params["adb_0"]["lambda"].shape == (1,) and float(params["adb_3"]["beta"][0]) == 0.5
 
@@ -275,8 +287,8 @@ def test_paper_iterations_change_the_output():
   s = _rand_semantic(10, h=14, w=14, c=10)
   f = jax.random.uniform(jax.random.key(11), (2, 196))
   official, paper = S.ScmConfig(), S.ScmConfig(iterations=4)
-  a = S.run_adbs(s, f, official.init_params(), official)[0]
-  b = S.run_adbs(s, f, paper.init_params(), paper)[0]
+  a = _run(s, f, _params(official), official)[0]
+  b = _run(s, f, _params(paper), paper)[0]
   assert float(jnp.abs(a - b).max()) > 1e-3
 
 
@@ -284,11 +296,11 @@ def test_paper_iterations_change_the_output():
 
 def test_row_extrema_send_the_gradient_to_the_first_index_like_torch():
   x = jnp.array([[1.0, 3.0, 3.0, 0.0, 0.0]])
-  assert jax.grad(lambda x: S.row_max(x).sum())(x).tolist() == [[0, 1, 0, 0, 0]]
-  assert jax.grad(lambda x: S.row_min(x).sum())(x).tolist() == [[0, 0, 0, 1, 0]]
-  assert jax.grad(lambda x: S.row_max(x, "split").sum())(x).tolist() == [[0, 0.5, 0.5, 0, 0]]
+  assert jax.grad(lambda x: A.row_max(x).sum())(x).tolist() == [[0, 1, 0, 0, 0]]
+  assert jax.grad(lambda x: A.row_min(x).sum())(x).tolist() == [[0, 0, 0, 1, 0]]
+  assert jax.grad(lambda x: A.row_max(x, "split").sum())(x).tolist() == [[0, 0.5, 0.5, 0, 0]]
   with pytest.raises(ValueError, match="ties"):
-    S.row_min(x, "torch")
+    A.row_min(x, "torch")
 
 
 def _torch_adb(s, f, lam, beta, lap, iterations, alpha):
@@ -321,17 +333,17 @@ def test_tied_extrema_follow_torch_and_jnp_splitting_would_differ():
   ws, wf = rng.standard_normal(s.shape), rng.standard_normal(f.shape)
   ts, tf = (torch.tensor(a, requires_grad=True) for a in (s.reshape(2, h * w, 5), f))
   tl, tb = (torch.tensor([v], dtype=torch.float64, requires_grad=True) for v in (1.0, 0.5))
-  lap = torch.tensor(S.grid_laplacian(h, w), dtype=torch.float64)
+  lap = torch.tensor(A.grid_laplacian(h, w), dtype=torch.float64)
   s1, f1 = _torch_adb(ts, tf, tl, tb, lap, 4, 0.002)
   ((s1 * torch.tensor(ws.reshape(2, h * w, 5))).sum() + (f1 * torch.tensor(wf)).sum()).backward()
   want = [ts.grad.numpy().reshape(s.shape), tf.grad.numpy(), tl.grad.numpy(), tb.grad.numpy()]
   with jax.enable_x64(True):
     def loss(s, f, lam, beta, impl, ties):
-      s1, f1, _ = S.adb(s, f, lam, beta, 4, 0.002, impl=impl, ties=ties)
+      s1, f1, _ = A.adb(s, f, lam, beta, 4, 0.002, impl=impl, ties=ties)
       return jnp.vdot(s1, ws) + jnp.vdot(f1, wf)
     args = (jnp.asarray(s), jnp.asarray(f), jnp.ones(1, jnp.float64), jnp.full((1,), 0.5))
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)), static_argnums=(4, 5))
-    for impl in S.IMPLS:
+    for impl in A.IMPLS:
       for g, w_ in zip(grad(*args, impl, "first"), want):
         np.testing.assert_allclose(g, w_, rtol=1e-6, atol=1e-9)
     split = grad(*args, "stencil", "split")[1]
@@ -343,13 +355,12 @@ def test_tied_extrema_follow_torch_and_jnp_splitting_would_differ():
 # ---- golden parity (training graph, gradients, inference) -------------------------------------
 
 def _config(golden_vit_dir, **scm):
-  c = ml_collections.ConfigDict()
+  c = config_lib.base_config()
   c.method = "scm"
-  c.model = ml_collections.ConfigDict(dict(
-      name="deit_tiny_patch16_224", num_classes=10, kwargs=dict(depth=4),
-      pretrained=str(golden_vit_dir), drop_path_rate=0.0))
-  c.data = ml_collections.ConfigDict(dict(image_size=224))
-  c.scm = ml_collections.ConfigDict(scm)
+  c.model.update(dict(name="deit_tiny_patch16_224", num_classes=10, kwargs=dict(depth=4),
+                      pretrained=str(golden_vit_dir), drop_path_rate=0.0))
+  c.data.image_size = 224
+  c.scm.update(scm)
   return c
 
 
@@ -404,13 +415,13 @@ def gold(golden_dir):
 def golden_methods(golden_vit_dir):
   """impl -> (Scm method on the golden ViT, its ``init`` variables); built once per module."""
   out = {}
-  for impl in S.IMPLS:
+  for impl in A.IMPLS:
     method = get_method(_config(golden_vit_dir, impl=impl))
     out[impl] = method, method.init(jax.random.key(0))
   return out
 
 
-@pytest.fixture(scope="module", params=S.IMPLS)
+@pytest.fixture(scope="module", params=A.IMPLS)
 def train_outputs(request, golden_methods, golden_dir, golden_inputs):
   method, variables = golden_methods[request.param]
   variables = _with_golden_head(variables, golden_dir)
@@ -424,12 +435,13 @@ def test_training_graph_matches_golden(train_outputs, gold, name):
   np.testing.assert_allclose(got, gold[name], rtol=0, atol=f32_tol(name))
 
 
-def test_training_graph_matches_golden_with_the_cpu_kernels(
+def test_training_graph_matches_golden_with_the_cpu_wing(
     golden_vit_dir, golden_dir, golden_inputs, gold):
-  """The CPU attention and Newton–Schulz kernels (the trainer's choice on one CPU device)."""
-  config = _config(golden_vit_dir, impl=S.IMPLS[0], newton_schulz="cpu_kernel")
-  config.model.kwargs = dict(depth=4, attention_impl="cpu_kernel")
-  method = get_method(config)
+  """The CPU wing on (attention and Newton–Schulz kernels, xᵀ·g VJP, gradient barrier: the
+  trainer's choice on one CPU device); the tests above run the plain XLA models."""
+  from wsol_jax import cpu
+  method = get_method(_config(golden_vit_dir, impl=A.IMPLS[0]), cpu.runtime(cpu.plan("on")))
+  assert method.model.newton_schulz_steps is not None and method.model.attention_fn is not None
   variables = _with_golden_head(method.init(jax.random.key(0)), golden_dir)
   out = _train_outputs(method, variables, *golden_inputs)
   for name in TRAIN_ARRAYS:
@@ -464,10 +476,10 @@ def test_official_float32_grad_lambda_error(golden_inputs, gold):
   cfg = S.ScmConfig(impl="dense")
 
   def loss(p, s0, f0):
-    s, _, _ = S.run_adbs(s0, f0, p, cfg)
+    s, _, _ = _run(s0, f0, p, cfg)
     return base.cross_entropy(jnp.mean(s, axis=(1, 2)), targets)[0]
   with jax.enable_x64(True):
-    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), cfg.init_params())
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), _params(cfg))
     grads = jax.jit(jax.grad(loss))(params, jnp.asarray(gold["train_S_in"], jnp.float64),
                                    jnp.asarray(gold["train_F_in"], jnp.float64))
   exact = np.array([grads[f"adb_{i}"]["lambda"][0] for i in range(4)])
@@ -504,8 +516,8 @@ def test_inference_matches_golden(golden_methods, golden_dir, golden_inputs):
 
   @jax.jit
   def f0_s0(variables, images):
-    _, attn, semantic = method.semantic_and_attention(S.split_variables(variables)[0], images)
-    return S.attention_activation(attn), semantic
+    _, attn, semantic = method.semantic_and_attention(variables, images)
+    return A.attention_activation(attn), semantic
   f0, s0 = f0_s0(variables, images)
   np.testing.assert_allclose(f0.reshape(4, 1, 14, 14), gold["eval_F0"], rtol=0,
                              atol=f32_tol("eval_F0"))

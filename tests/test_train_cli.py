@@ -68,29 +68,29 @@ def test_a_url_workdir_fails_before_compute(tmp_path, capsys, monkeypatch):
   assert config_lib.local_dir("runs/x", "--workdir") == tmp_path / "runs/x"
 
 
-def test_a_bad_cpu_dots_value_fails_before_compute(tmp_path, capsys):
+def test_a_bad_cpu_tuning_value_fails_before_compute(tmp_path, capsys):
   config = str(CONFIGS[0].parent / "scm_synthetic.py")
   code = train_cli.main(["--config", config, "--workdir", str(tmp_path / "w"),
-                         "--config.xla.cpu_dots=mkl"])
+                         "--config.cpu_tuning=fast"])
   err = capsys.readouterr().err
-  assert code == 2 and "config.xla.cpu_dots" in err and "'eigen'" in err
+  assert code == 2 and "config.cpu_tuning must be one of" in err and "'auto'" in err
   assert not (tmp_path / "w").exists()
 
 
-def test_cpu_dots_eigen_moves_the_dots_off_ynnpack_with_the_same_result():
+def test_the_dot_thunk_option_moves_the_dots_off_ynnpack_with_the_same_result():
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from wsol_jax import cpu_dots
-  assert cpu_dots.compiler_options("xla") == {}
+  from wsol_jax.cpu import dots
+  assert dots.option_accepted()
   x = jax.random.normal(jax.random.key(0), (64, 96))
   w = jax.random.normal(jax.random.key(1), (96, 48))
   f = lambda x, w: jnp.tanh(x @ w) @ w.T
   outs = {}
-  for choice in cpu_dots.CHOICES:
-    step = jax.jit(f, compiler_options=cpu_dots.compiler_options(choice))
-    outs[choice] = step(x, w)
+  for name, options in (("thunk", dots.COMPILER_OPTIONS), ("xla", None)):
+    step = jax.jit(f, compiler_options=options)
+    outs[name] = step(x, w)
     hlo = step.lower(x, w).compile().as_text()
-    if choice == "eigen":  # every dot is XLA's own dot thunk, none inside a YNNPACK fusion
+    if name == "thunk":  # every dot is XLA's own dot thunk, none inside a YNNPACK fusion
       assert "__ynn_fusion" not in hlo and hlo.count(" dot(") == 2
-  np.testing.assert_allclose(outs["eigen"], outs["xla"], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(outs["thunk"], outs["xla"], rtol=1e-5, atol=1e-5)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from wsol_jax import config_lib, evaluate, explain, methods, optim
 from wsol_jax import train as train_cli
-from wsol_jax.methods import padl as padl_lib
+from wsol_jax.models import padl as padl_lib
 from wsol_jax.models import load_pretrained
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

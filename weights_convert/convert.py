@@ -15,42 +15,29 @@ import wsol_jax
 from wsol_jax.models import pretrained, registry
 from weights_convert import mapping
 
-# What each released-method layout adds to / changes in the backbone.
-METHODS: dict[str | None, dict[str, Any]] = {
-    None: {},
-    "tscam": {"head": "conv3x3"},
-    "scm": {"head": "conv3x3"},
+# What each released-method layout adds to / changes in the backbone: (family, kwargs).
+METHODS: dict[str | None, tuple[str | None, dict[str, Any]]] = {
+    None: (None, {}),
+    "tscam": ("vit", {"head": "conv3x3"}),
+    "scm": ("scm", {"head": "conv3x3"}),  # + the ADBs' lambda/beta (params/scm/adb_i)
     # ViTOL's model is hila-chefer's ViT_LRP: final LayerNorm with PyTorch's default eps.
-    "vitol": {"head": "linear", "final_norm_eps": 1e-5},
+    "vitol": ("vit", {"head": "linear", "final_norm_eps": 1e-5}),
 }
-NUM_SCM_BLOCKS = 4
 HEAD_PATHS = ("params/head/kernel", "params/head/bias", "params/fc/kernel", "params/fc/bias")
 
 
-class ConversionError(ValueError):
+class ConversionError(pretrained.WeightsMismatch):
   """The checkpoint does not fit the model; the message lists every offending key."""
 
   def __init__(self, missing, unexpected, mismatched, hint: str = ""):
-    self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-    lines = ["checkpoint does not fit the model:"]
-    lines += [f"  missing    {k} {s}" for k, s in missing]
-    lines += [f"  unexpected {k} {s}" for k, s in unexpected]
-    lines += [f"  shape      {k}: checkpoint {a} vs model {b}" for k, a, b in mismatched]
-    if hint:
-      lines.append(hint)
-    super().__init__("\n".join(lines))
+    super().__init__(missing, unexpected, mismatched, what="checkpoint does not fit the model",
+                     hint=hint)
 
 
 @dataclasses.dataclass
 class Converted:
   variables: dict[str, Any]
   meta: dict[str, Any]
-
-
-def _method_extra(method: str | None) -> dict[str, tuple[int, ...]]:
-  if method == "scm":
-    return {f"params/scm/adb_{i}/{n}": (1,) for i in range(NUM_SCM_BLOCKS) for n in ("lambda", "beta")}
-  return {}
 
 
 def _rules(family: str, method: str | None) -> tuple[mapping.Rule, ...]:
@@ -95,25 +82,20 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model_name: str, *,
   targets, unmatched = mapping.apply_rules(state, _rules(spec.family, method))
   targets = {k: (v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in targets.items()}
 
-  kwargs = dict(METHODS[method])
+  family, kwargs = METHODS[method][0] or spec.family, dict(METHODS[method][1])
   kwargs.update(overrides or {})
   head_key = "params/fc/kernel" if spec.family == "resnet" else "params/head/kernel"
   if num_classes is None and head_key in targets:
     num_classes = int(targets[head_key].shape[-1])
   if num_classes is not None:
     kwargs["num_classes"] = num_classes
-  kwargs = registry.model_kwargs(model_name, **kwargs)
-  model = registry.build_from_kwargs(spec.family, kwargs)
+  kwargs = registry.model_kwargs(model_name, family, **kwargs)
+  model = registry.build_from_kwargs(family, kwargs)
   image_size = int(kwargs.get("img_size", 224))
-  abstract = pretrained.abstract_variables(model, image_size)
-  expected = {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(abstract).items()}
-  expected.update(_method_extra(method))
-
-  missing = [(k, s) for k, s in expected.items() if k not in targets]
-  unexpected = [(k, tuple(np.shape(state[k]))) for k in unmatched]
-  unexpected += [(k, tuple(v.shape)) for k, v in targets.items() if k not in expected]
-  mismatched = [(k, tuple(v.shape), expected[k]) for k, v in targets.items()
-                if k in expected and tuple(v.shape) != expected[k]]
+  expected = pretrained.shapes(pretrained.abstract_variables(model, image_size))
+  missing, unexpected, mismatched = pretrained.compare(
+      {k: tuple(v.shape) for k, v in targets.items()}, expected)
+  unexpected = [(k, tuple(np.shape(state[k]))) for k in unmatched] + unexpected
 
   reinitialized: list[str] = []
   head_problems = {k for k, *_ in missing + mismatched if k in HEAD_PATHS}
@@ -135,7 +117,7 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model_name: str, *,
   variables = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in targets.items()})
   meta = {
       "model": model_name,
-      "family": spec.family,
+      "family": family,
       "kwargs": _jsonable(kwargs),
       "num_classes": int(kwargs["num_classes"]),
       "image_size": image_size,

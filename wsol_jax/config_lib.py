@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
       num_classes=200,
       pretrained="",        # a weights_convert directory ("" = random init)
       kwargs=_cd(),         # model constructor overrides, e.g. depth=4
-      drop_path_rate=0.1,   # TS-CAM/SCM argparse default
+      drop_path_rate=None,  # None = the method's (TS-CAM/SCM 0.1, others 0.0)
       mean=(),              # () = the registered model's normalisation
       std=(),
   )
@@ -88,15 +88,12 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.checkpoint = _cd(every_steps=500, keep=3)
   c.mesh = _cd(shape=())  # () = all devices on the data axis
-  c.xla = _cd(cpu_dots="eigen")  # train step dots on XLA:CPU: eigen | xla (wsol_jax.cpu_dots)
-  # Method sections (each method reads its own).
-  c.scm = _cd(num_blocks=4, iterations=(16, 4, 4, 4), alpha=0.002, lambda_init=1.0, beta_init=0.5,
-              impl="stencil",       # stencil (fast, same numbers) | dense (the literal official matrices)
-              precision="highest",  # matmul precision inside the blocks
-              newton_schulz="auto")  # stencil's dense steps: auto | xla | cpu_kernel (one CPU device)
-  c.padl = _cd(enabled=True, drop_rate=0.75, gamma=0.9, per_example=False)  # ViTOL p-ADL
-  c.rfga = _cd(second_sigmoid=True, calibration="residual", hw_conv="full", kernel_size=3)
-  c.agcam = _cd(stop_gradient=True)
+  # XLA:CPU tuning (wsol_jax.cpu): auto = on for the CPU backend, off on GPU/TPU | on | off
+  c.cpu_tuning = "auto"
+  # Method sections: each method's config dataclass holds its defaults (scm, padl, rfga, agcam).
+  from wsol_jax import methods  # here: the methods import JAX, the rest of this module does not
+  for name, defaults in methods.config_sections().items():
+    c[name] = _cd(**defaults)
   return c
 
 

@@ -15,21 +15,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from wsol_jax import config_lib, host_memory
-
-
-def check_variables(variables, expected) -> None:
-  """Raises naming every missing, unexpected or mis-shaped variable (no silent re-init)."""
-  from flax import traverse_util
-  got = {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(variables).items()}
-  want = {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(expected).items()}
-  problems = [f"missing {k} {want[k]}" for k in sorted(set(want) - set(got))]
-  problems += [f"shape {k}: checkpoint {tuple(got[k])} vs model {tuple(want[k])}"
-               for k in sorted(set(want) & set(got)) if tuple(got[k]) != tuple(want[k])]
-  extra = sorted(set(got) - set(want))
-  problems += [f"unexpected {k} {tuple(got[k])}" for k in extra]
-  if problems:
-    raise ValueError("the checkpoint does not fit the configured model:\n  " + "\n  ".join(problems))
+from wsol_jax import config_lib
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,36 +34,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoint_dir = config_lib.local_dir(args.checkpoint, "--checkpoint")
     workdir = (config_lib.local_dir(args.workdir, "--workdir") if args.workdir
                else checkpoint_dir / f"eval_{args.split}")
+    from wsol_jax import cpu
+    runtime = cpu.install(config)  # before anything starts JAX's backend
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-
-  host_memory.keep_freed_host_memory()  # before JAX starts its CPU threads
   import jax
 
   from wsol_jax import checkpoint, methods, reporting, sharding
+  from wsol_jax.models import pretrained
   from wsol_jax.eval import evaluator as evaluator_lib
   reporting.setup_logging()
   try:
     variables, meta, where = checkpoint.load_variables(checkpoint_dir)
-    method = methods.get_method(config)
+    method = methods.get_method(config, runtime)
     if meta is not None and meta.get("method") not in (None, config.method):
       raise ValueError(f"{where} holds a {meta['method']!r} model but the config is for "
                        f"{config.method!r}")
-    check_variables(variables, jax.eval_shape(lambda: method.init_fresh(jax.random.key(0))))
+    pretrained.check_fit(variables, jax.eval_shape(lambda: method.init_fresh(jax.random.key(0))))
+    print(runtime.summary(method.model.dtype), file=sys.stderr, flush=True)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh()
-  ev = evaluator_lib.LocalizationEvaluator(method, config, args.split, mesh, protocols=True,
-                                           progress=True)
-  results = dict(ev.run(variables))
+  ev = evaluator_lib.for_method(method, config, args.split, mesh, protocols=True, progress=True)
+  report = ev.evaluate(variables)
+  results = report.metrics
   baseline = dict(ev.run_baseline())
-  overlays = ev.write_overlays(variables, workdir / "overlays", int(config.eval.num_overlays))
+  overlays = ev.write_overlays(variables, report.per_image, workdir / "overlays",
+                               int(config.eval.num_overlays))
   reporting.print_summary(config, results, baseline, split=args.split)
   checkpoint.write_json(workdir / "results.json", {
       "checkpoint": where, "split": args.split, "config": config.to_dict(),
+      "runtime": runtime.describe(method.model.dtype),
       "metrics": results, "center_gaussian": baseline,
       "overlays": [str(p) for p in overlays]})
   print(f"wrote {workdir / 'results.json'} and {len(overlays)} overlays", flush=True)

@@ -1,10 +1,12 @@
 """Explain images with a model directory: raw maps, heatmap overlays and boxes.
 
-    python -m wsol_jax.explain --checkpoint DIR --method gar --images a.jpg b.png ... --out OUT
-        [--target CLASS] [--batch-size N] [--threshold 0.2]
+    python -m wsol_jax.explain --checkpoint DIR --kind gar --images a.jpg b.png ... --out OUT
+        [--target CLASS] [--batch-size N] [--threshold 0.2] [--cpu-tuning auto]
 
 DIR is a model directory (``wsol_model.json`` + ``variables/``, written by
-``weights_convert`` or the trainer). Images are read with PIL (-> RGB), resized to the
+``weights_convert`` or the trainer). ``--kind`` is a map kind of ``wsol_jax.maps.KINDS``
+(``--method`` is an alias); the default is the first map kind of the directory's method,
+else the model family's (``maps.compute.default_kind``). Images are read with PIL (-> RGB), resized to the
 model's input size (PIL bilinear, as the official test transforms) and normalised with
 the model's mean/std; maps are computed in jit-compiled batches (the last batch is
 padded, so it compiles once). Per image OUT gets:
@@ -33,14 +35,13 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from wsol_jax import host_memory, viz
+from wsol_jax import viz
 from wsol_jax.maps import postprocess
 # Names from the submodule: the package binds ``compute`` to the function.
-from wsol_jax.maps.compute import KINDS, jitted, upsample_method
+from wsol_jax.maps.compute import KINDS, default_kind, jitted, upsample_method
 from wsol_jax.models import pretrained
+from wsol_jax.runtime import Runtime
 
-DEFAULT_METHOD = {"tscam": "tscam", "scm": "scm", "vitol": "gar", "agcam": "agcam",
-                  "cam": "cam", "rfga": "cam"}
 SUMMARY_FIELDS = ("name", "path", "width", "height", "target", "predicted", "x0", "y0", "x1", "y1")
 
 
@@ -58,45 +59,43 @@ class Explainer:
   """A loaded model and its jitted map function ``fn(variables, uint8 images, targets)``."""
   meta: dict[str, Any]
   variables: Any
-  method: str
+  kind: str
   image_size: int
   fn: Callable[..., tuple[jax.Array, jax.Array]]
 
 
-def default_method(meta: dict[str, Any]) -> str:
-  """The map kind of a model directory when ``--method`` is not given."""
-  if meta.get("method") in DEFAULT_METHOD:
-    return DEFAULT_METHOD[meta["method"]]
-  if meta.get("family") in ("resnet", "rfga"):
-    return "cam"
-  return "gar"
+def kind_for(meta: dict[str, Any], model: Any) -> str:
+  """The map kind of a model directory when ``--kind`` is not given: the first map kind of
+  its method (the methods registry), else the model family's default (the maps registry)."""
+  from wsol_jax import methods
+  if meta.get("method") in methods.METHODS:
+    return methods.method_class(meta["method"]).map_kinds[0]
+  return default_kind(model)
 
 
-def build_explainer(model_dir: str | pathlib.Path, method: str | None = None) -> Explainer:
-  """Loads a model directory and compiles ``method``'s maps (uint8 NHWC in, raw maps out)."""
+def build_explainer(model_dir: str | pathlib.Path, kind: str | None = None,
+                    runtime: Runtime | None = None) -> Explainer:
+  """Loads a model directory and compiles ``kind``'s maps (uint8 NHWC in, raw maps out).
+
+  ``runtime``: the injected implementations (``wsol_jax.cpu.install``); default plain XLA.
+  """
   variables, meta = pretrained.load_pretrained(model_dir)
-  model = pretrained.model_from_meta(meta)
-  method = method or default_method(meta)
+  runtime = runtime if runtime is not None else Runtime()
+  from wsol_jax.models import registry
+  model = pretrained.model_from_meta(
+      meta, **runtime.model_overrides(registry.family_class(meta["family"])))
+  kind = kind or kind_for(meta, model)
   mean, std = meta["mean"], meta["std"]
-  if meta.get("family") == "rfga":  # ResNet + RFGA module: CAMs are its class maps
-    from wsol_jax.methods import rfga
-    if method != "cam":
-      raise ValueError(f"an RFGA model gives 'cam' maps only, not {method!r}")
-
-    def maps_fn(v, images, targets):
-      maps, logits = rfga.class_activation_maps(model, v, images, targets)
-      return {"cam": maps}, logits
-  else:
-    maps_fn = jitted(model, (method,))  # validates the kind against the model
+  maps_fn = jitted(model, (kind,))  # validates the kind against the model
 
   @jax.jit
   def fn(v: Any, images: jax.Array, targets: jax.Array | None) -> tuple[jax.Array, jax.Array]:
     out, logits = maps_fn(v, postprocess.normalize_images(images, mean, std), targets)
-    return out[method], logits
+    return out[kind], logits
 
   variables = jax.tree_util.tree_map(jnp.asarray, variables)
   size = int(meta.get("image_size") or meta["kwargs"].get("img_size", 224))
-  return Explainer(meta, variables, method, size, fn)
+  return Explainer(meta, variables, kind, size, fn)
 
 
 def load_image(path: str | pathlib.Path, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +153,7 @@ def _write(explainer: Explainer, batch: list[LoadedImage], raw: jax.Array, logit
            out_dir: pathlib.Path, target: int | None, threshold: float) -> list[dict[str, Any]]:
   raw = np.asarray(raw)
   predicted = np.argmax(np.asarray(logits), axis=-1)
-  method = upsample_method(explainer.method)
+  method = upsample_method(explainer.kind)
   rows = []
   for i, im in enumerate(batch):
     np.save(out_dir / f"{im.name}.npy", raw[i].astype(np.float32))
@@ -203,13 +202,17 @@ def explain(explainer: Explainer, paths: Sequence[str], out_dir: str | pathlib.P
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m wsol_jax.explain", description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", required=True, help="model directory (wsol_model.json + variables/)")
-  parser.add_argument("--method", choices=sorted(KINDS),
-                      help="map kind (default: cam for ResNets, the directory's method, else gar)")
+  parser.add_argument("--kind", "--method", dest="kind", choices=sorted(KINDS),
+                      help="map kind (default: the directory's method's first kind, else the "
+                           "model family's: gar for ViTs, cam for ResNets)")
   parser.add_argument("--images", nargs="+", required=True, help="image files")
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--target", type=int, help="class to explain for every image (default: argmax)")
   parser.add_argument("--batch-size", type=int, default=16)
   parser.add_argument("--threshold", type=float, default=0.2, help="score threshold of the box")
+  from wsol_jax import cpu
+  parser.add_argument("--cpu-tuning", choices=cpu.SETTINGS, default="auto",
+                      help="XLA:CPU tuning (wsol_jax.cpu; as config.cpu_tuning)")
   args = parser.parse_args(argv)
   if args.batch_size < 1:
     parser.error("--batch-size must be >= 1")
@@ -218,15 +221,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
-  host_memory.keep_freed_host_memory()
+  from wsol_jax import config_lib, cpu
   try:
-    explainer = build_explainer(args.checkpoint, args.method)
+    runtime = cpu.install(argparse.Namespace(cpu_tuning=args.cpu_tuning))  # before any backend
+  except config_lib.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(runtime.summary(), file=sys.stderr, flush=True)
+  try:
+    explainer = build_explainer(args.checkpoint, args.kind, runtime)
     done = explain(explainer, args.images, args.out, target=args.target,
                    batch_size=args.batch_size, threshold=args.threshold)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print(f"explained {done} of {len(args.images)} images with {explainer.method!r} -> {args.out}",
+  print(f"explained {done} of {len(args.images)} images with {explainer.kind!r} -> {args.out}",
         file=sys.stderr)
   return 0 if done else 1
 

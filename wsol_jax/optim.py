@@ -42,7 +42,7 @@ def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, num_epoc
   base = float(cfg.optimizer.lr)
   sched = cfg.schedule
   total = steps_per_epoch * num_epochs
-  warmup = int(round(float(sched.get("warmup_epochs", 0)) * steps_per_epoch))
+  warmup = int(round(float(sched.warmup_epochs) * steps_per_epoch))
   if sched.name in ("step", "multistep"):
     boundaries = {(e - 1) * steps_per_epoch: float(sched.factor)
                   for e in decay_epochs(sched.name, tuple(sched.steps), num_epochs)}
@@ -68,7 +68,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule, lab
   opt = cfg.optimizer
   decay_mask = _label_mask(labels, lambda l: l.endswith("decay") and not l.startswith("no_"))
   parts = []
-  if float(opt.get("grad_clip_norm", 0.0)) > 0:
+  if float(opt.grad_clip_norm) > 0:
     parts.append(optax.clip_by_global_norm(float(opt.grad_clip_norm)))
   wd = float(opt.weight_decay)
   if opt.name == "adamw":
@@ -82,7 +82,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule, lab
       parts.append(optax.trace(decay=float(opt.momentum), nesterov=bool(opt.nesterov)))
   else:
     raise ValueError(f"unknown optimizer {opt.name!r}; valid: adamw, sgd")
-  multipliers = {str(k): float(v) for k, v in dict(opt.get("lr_multipliers", {}) or {}).items()}
+  multipliers = {str(k): float(v) for k, v in dict(opt.lr_multipliers).items()}
   unknown = sorted(set(multipliers) - set(np.unique(jax.tree_util.tree_leaves(labels))))
   if unknown:
     raise ValueError(f"optimizer.lr_multipliers names labels no parameter has: {unknown}; "

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from wsol_jax import config_lib, cpu_dots, host_memory
+from wsol_jax import config_lib
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -33,14 +33,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     config = config_lib.load(args.config, overrides)
     workdir = config_lib.local_dir(args.workdir, "--workdir")
-    cpu_dots.check(str(config.xla.cpu_dots))
+    from wsol_jax import cpu
+    runtime = cpu.install(config)  # before anything starts JAX's backend
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  host_memory.keep_freed_host_memory()  # before JAX starts its CPU threads
-  from wsol_jax import trainer  # imports JAX; after the config is known to be valid
+  from wsol_jax import trainer
   try:
-    results = trainer.train_and_evaluate(config, workdir)
+    results = trainer.train_and_evaluate(config, workdir, runtime)
   except trainer.NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

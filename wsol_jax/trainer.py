@@ -34,10 +34,11 @@ import optax
 from wsol_jax import checkpoint as ckpt_lib
 from wsol_jax import data as data_lib
 from wsol_jax import methods as methods_lib
-from wsol_jax import config_lib, cpu_dots, optim, reporting, sharding
+from wsol_jax import config_lib, optim, reporting, sharding
 from wsol_jax.data import config as data_config
 from wsol_jax.maps import postprocess
 from wsol_jax.models import pretrained as pretrained_lib
+from wsol_jax.runtime import Runtime
 
 log = logging.getLogger("wsol_jax.train")
 
@@ -149,25 +150,31 @@ def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]]) -> list[dict[
   return rows
 
 
-def jit_train_step(step: Callable, mesh: jax.sharding.Mesh, cpu_dots_choice: str) -> Callable:
+def jit_train_step(step: Callable, mesh: jax.sharding.Mesh, runtime: Runtime) -> Callable:
   """``step`` (``make_train_step``) jitted as the trainer runs it: state donated and
-  replicated, batch sharded over the mesh, XLA:CPU dots per ``config.xla.cpu_dots``."""
+  replicated, batch sharded over the mesh, the runtime's compiler options."""
   replicated = sharding.replicated(mesh)
   return jax.jit(step, donate_argnums=(0,),
                  in_shardings=(replicated, sharding.batch_sharding(mesh)),
                  out_shardings=(replicated, replicated),
-                 compiler_options=cpu_dots.compiler_options(cpu_dots_choice))
+                 compiler_options=dict(runtime.compiler_options) or None)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
-                       ) -> dict[str, Any]:
-  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the results."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                       runtime: Runtime | None = None) -> dict[str, Any]:
+  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the results.
+
+  ``runtime``: how the models run (``wsol_jax.cpu.install(config)`` in the CLI); default
+  plain XLA.
+  """
+  runtime = runtime if runtime is not None else Runtime()
   workdir = config_lib.local_dir(workdir, "workdir")
-  cpu_dots.check(str(config.xla.cpu_dots))
   workdir.mkdir(parents=True, exist_ok=True)
   reporting.setup_logging(workdir)
   mesh = sharding.make_mesh(tuple(config.mesh.shape) or None)
-  method = methods_lib.get_method(config)
+  method = methods_lib.get_method(config, runtime)
+  ran = runtime.describe(method.model.dtype)
+  log.info(runtime.summary(method.model.dtype))
   if config.eval.test_at_end and config.data.test_split:  # the final test runs the protocols
     from wsol_jax.eval import protocols as protocols_lib
     protocols_lib.check_supported(protocols_lib.resolve_names(config.eval, method))
@@ -180,7 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   schedule = optim.make_schedule(config, steps_per_epoch, num_epochs)
   writer = reporting.MetricWriter(workdir)
   if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    ckpt_lib.write_json(workdir / "config.json", {**config.to_dict(), "runtime": ran})
 
   # State: built once abstractly (for restore and shardings), then created or restored.
   labels_fn = method.param_labels
@@ -201,11 +208,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     state = checkpointer.restore(abstract, train_iter)
     log.info("resumed %s at step %d of %d", workdir, start, total_steps)
 
-  step_fn = jit_train_step(make_train_step(method, tx, schedule), mesh, str(config.xla.cpu_dots))
+  step_fn = jit_train_step(make_train_step(method, tx, schedule), mesh, runtime)
   from wsol_jax.eval import evaluator as evaluator_lib
   select_split = (data_config.resolve_split(config.data, "val")
                   if config.eval.select_split == "val" else str(config.eval.select_split))
-  selector = (evaluator_lib.LocalizationEvaluator(method, config, select_split, mesh)
+  selector = (evaluator_lib.for_method(method, config, select_split, mesh)
               if select_split else None)
 
   batch_size = int(config.training.batch_size)
@@ -247,7 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     checkpointer.wait()
     if selector is not None:
       _select(selector, checkpointer, writer, state, step, config)
-    return _finish(method, config, checkpointer, writer, state, step, mesh, workdir)
+    return _finish(method, config, checkpointer, writer, state, step, mesh, workdir, ran)
   finally:
     progress.close()
     checkpointer.close()
@@ -268,7 +275,8 @@ def _select(selector, checkpointer, writer, state, step, config) -> None:
     log.info("step %d: new best %s %s = %.3f", step, selector.split, name, results[name])
 
 
-def _finish(method, config, checkpointer, writer, state, step, mesh, workdir) -> dict[str, Any]:
+def _finish(method, config, checkpointer, writer, state, step, mesh, workdir, ran
+            ) -> dict[str, Any]:
   """Exports the selected model and evaluates it (and the baseline) on the test split."""
   from wsol_jax.eval import evaluator as evaluator_lib
   variables = jax.tree_util.tree_map(np.asarray, variables_of(state))
@@ -282,16 +290,18 @@ def _finish(method, config, checkpointer, writer, state, step, mesh, workdir) ->
   primary = jax.process_index() == 0  # multi-process runs: process 0 writes the files
   if primary:
     pretrained_lib.save_pretrained(workdir / "export", variables, meta, overwrite=True)
-  results: dict[str, Any] = {"selected_step": int(selected_step), "final_step": int(step)}
+  results: dict[str, Any] = {"selected_step": int(selected_step), "final_step": int(step),
+                             "runtime": ran}
   if config.eval.test_at_end and config.data.test_split:
-    tester = evaluator_lib.LocalizationEvaluator(method, config, config.data.test_split, mesh,
-                                                 protocols=True)
-    test = dict(tester.run(variables))
+    tester = evaluator_lib.for_method(method, config, config.data.test_split, mesh, protocols=True)
+    report = tester.evaluate(variables)
+    test = report.metrics
     baseline = dict(tester.run_baseline())
     writer.write_eval(step, config.data.test_split, test)
     writer.write_eval(step, config.data.test_split + "/center_gaussian", baseline)
     if primary:
-      tester.write_overlays(variables, workdir / "overlays", int(config.eval.num_overlays))
+      tester.write_overlays(variables, report.per_image, workdir / "overlays",
+                            int(config.eval.num_overlays))
       reporting.print_summary(config, test, baseline)
     results["test"] = test
     results["center_gaussian"] = baseline

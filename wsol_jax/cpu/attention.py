@@ -1,31 +1,31 @@
-"""Multi-head attention core as an XLA:CPU FFI kernel (``attention_cpu.cc``).
+"""Multi-head attention core as an XLA:CPU FFI kernel (``attention.cc``).
 
 ``attention(qkv, num_heads) -> (out (B, N, C), probs (B, H, N, N))`` computes
 ``softmax(q·kᵀ/√d)·v`` per head straight from the fused qkv projection (B, N, 3C) in
-timm's layout and returns the merged heads, as ``vit.Attention`` does with XLA ops, plus
-the probabilities. Its VJP is a second handler (cotangents of ``out`` and, if non-zero,
-of ``probs``). On this project's 2-core CPU it runs the DeiT-S attention of a training
-step ~2× faster than XLA:CPU's batched dots (``benchmarks/step_breakdown.py``).
+timm's layout and returns the merged heads, as ``models.vit.attention_core`` does with XLA
+ops, plus the probabilities. Its VJP is a second handler (cotangents of ``out`` and, if non-zero,
+of ``probs``). It works per (image, head) with single-threaded OpenBLAS calls on XLA's
+threads and an AVX2 softmax, with no head split/merge copies (measured against XLA:CPU's
+batched dots in ``benchmarks/README.md``).
 
-The kernel is compiled on first use (``wsol_jax.kernels.build``: the system C++ compiler,
-jaxlib's FFI headers, ``scipy-openblas32``, ``-march=native``, cached in ``$WSOL_JAX_CACHE``).
-``available()`` says whether that worked; ``load()`` raises with the compiler's message
-when it did not.
+The kernel is compiled on first use (``wsol_jax.cpu.build``: the system C++ compiler,
+jaxlib's FFI headers, ``scipy-openblas32``, cached in ``$WSOL_JAX_CACHE``).
+``unavailable()`` says why that did not work (None when it did); ``load()`` raises with the
+compiler's message.
 """
 from __future__ import annotations
 
 import functools
 import os
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsol_jax.kernels import build
-from wsol_jax.kernels.build import KernelBuildError
+from wsol_jax.cpu import build
+from wsol_jax.cpu.build import KernelBuildError
 
-SOURCE = os.path.join(build.KERNEL_DIR, "attention_cpu.cc")
+SOURCE = os.path.join(build.KERNEL_DIR, "attention.cc")
 FORWARD, BACKWARD = "wsol_attention_fwd", "wsol_attention_bwd"  # FFI target names
 
 
@@ -41,15 +41,13 @@ def load() -> str:
 
 
 @functools.cache
-def available() -> bool:
-  """Whether ``load()`` succeeds here (cached; warns once with the reason when not)."""
+def unavailable() -> str | None:
+  """None where ``load()`` succeeds here, else why not (cached)."""
   try:
     load()
   except KernelBuildError as e:
-    warnings.warn(f"the CPU attention kernel is not available, using XLA's attention: {e}",
-                  stacklevel=2)
-    return False
-  return True
+    return str(e)
+  return None
 
 
 def _check(qkv: jax.Array, num_heads: int) -> None:
@@ -99,3 +97,11 @@ def attention(qkv: jax.Array, num_heads: int) -> tuple[jax.Array, jax.Array]:
   _check(qkv, num_heads)
   load()
   return _attention(qkv, num_heads)
+
+
+def attention_fn(qkv: jax.Array, num_heads: int) -> tuple[jax.Array, jax.Array]:
+  """The ViT's injected ``attention_fn``: the kernel for float32, XLA's core otherwise."""
+  if qkv.dtype != jnp.float32:
+    from wsol_jax.models.vit import attention_core
+    return attention_core(qkv, num_heads)
+  return attention(qkv, num_heads)

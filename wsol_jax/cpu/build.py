@@ -1,7 +1,8 @@
 """Compiles and registers wsol_jax's XLA:CPU FFI kernels (one shared library per source).
 
 A kernel is compiled on first use with the system C++ compiler (``$CXX`` or ``c++``)
-against jaxlib's FFI headers and ``scipy-openblas32``, for this CPU (``-march=native``),
+against jaxlib's FFI headers and ``scipy-openblas32`` (the ``[cpu]`` extra), for this CPU
+(``-march=native``, no fast-math),
 into ``$WSOL_JAX_CACHE`` (default ``~/.cache/wsol_jax``), keyed by source, headers,
 jaxlib version, compiler and CPU flags, and written atomically.
 """
@@ -13,16 +14,15 @@ import os
 import shutil
 import subprocess
 import tempfile
-from typing import Any
-
 import jax
 import jaxlib
 
 KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 HEADERS = (os.path.join(KERNEL_DIR, "pool_tasks.h"),)
-KERNEL_IMPLS = ("auto", "xla", "cpu_kernel")  # values of a setting choosing a kernel or XLA's ops
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno",
-         "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros", "-w")
+# No fast-math: IEEE semantics (NaN, signed zeros, no reassociation), so a kernel's result
+# differs from host to host only by float32 rounding (the vector width and FMA contraction
+# that -march=native picks). -fno-math-errno changes no result.
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-w")
 
 
 class KernelBuildError(RuntimeError):
@@ -49,8 +49,8 @@ def compile_library(source: str, lib_path: str, compiler: str) -> None:
   try:
     import scipy_openblas32 as openblas
   except ImportError as e:
-    raise KernelBuildError(f"the CPU kernel {name} needs scipy-openblas32 "
-                           "(pip install scipy-openblas32)") from e
+    raise KernelBuildError(f"the CPU kernel {name} needs scipy-openblas32, the [cpu] extra "
+                           "(pip install 'wsol_jax[cpu]')") from e
   try:
     os.makedirs(os.path.dirname(lib_path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(lib_path))
@@ -101,23 +101,3 @@ def load_library(source: str, targets: dict[str, str]) -> str:
   for target, symbol in targets.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   return lib_path
-
-
-def use_kernel(setting: str, impl: str, kernel: Any) -> bool:
-  """Whether ``setting=impl`` (one of ``KERNEL_IMPLS``) runs ``kernel`` here.
-
-  ``kernel``: a module with ``load()`` (raises ``KernelBuildError``) and ``available()``.
-  ``'cpu_kernel'`` raises where it cannot run; ``'auto'`` needs one CPU device (an FFI call
-  has no sharding rule, so a batch-sharded step would gather around it) and a kernel that
-  builds here.
-  """
-  if impl not in KERNEL_IMPLS:
-    raise ValueError(f"unknown {setting} {impl!r}; valid: {list(KERNEL_IMPLS)}")
-  if impl == "xla":
-    return False
-  if impl == "cpu_kernel":
-    if jax.default_backend() != "cpu":
-      raise ValueError(f"{setting}='cpu_kernel' needs the CPU backend, not {jax.default_backend()!r}")
-    kernel.load()  # raises KernelBuildError with the compiler's message
-    return True
-  return jax.default_backend() == "cpu" and jax.device_count() == 1 and kernel.available()

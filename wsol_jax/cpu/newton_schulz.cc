@@ -1,5 +1,6 @@
 // SCM's Newton–Schulz chain on a grid stencil for XLA:CPU, forward and backward, as XLA FFI
-// handlers (used by ``wsol_jax.methods.scm``'s stencil ADB; same recurrence, one image per task).
+// handlers (injected by the CPU wing into ``wsol_jax.models.scm_adb``'s stencil ADB; same
+// recurrence, one image per task).
 //
 // M and X₀ = α·M are symmetric matrices on the h×w grid's 5-point stencil, given as five
 // coefficient planes per image, (B, 5, N): the diagonal and the couplings of every cell with
@@ -77,6 +78,19 @@ void StencilDense(const Grid& g, const float* coef, float* out) {
   }
 }
 
+// Σ_k a[k]·b[k] in eight interleaved partial sums added in a fixed order at the end: the
+// compiler vectorises it without being allowed to reassociate (no fast-math), so the result
+// is the same for every vector width.
+inline float Dot(const float* a, const float* b, int64_t n) {
+  float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    for (int l = 0; l < 8; ++l) lane[l] += a[k + l] * b[k + l];
+  }
+  for (int l = 0; k < n; ++k, ++l) lane[l] += a[k] * b[k];
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
 // acc −= the coefficient cotangent of S x for the output cotangent ct (both N×N):
 // plane c at cell p gets Σ_k ct[p,k]·x[q,k] with q = p or its neighbour in that direction.
 void SubtractCoefficientGrad(const Grid& g, const float* x, const float* ct, float* acc) {
@@ -84,12 +98,11 @@ void SubtractCoefficientGrad(const Grid& g, const float* x, const float* ct, flo
     const int64_t i = p / g.w, j = p % g.w;
     const float* t = ct + p * g.n;
     const float* xp = x + p * g.n;
-    float s0 = 0, sr = 0, sl = 0, sd = 0, su = 0;
-    for (int64_t k = 0; k < g.n; ++k) s0 += t[k] * xp[k];
-    if (j + 1 < g.w) for (int64_t k = 0; k < g.n; ++k) sr += t[k] * xp[g.n + k];
-    if (j > 0) for (int64_t k = 0; k < g.n; ++k) sl += t[k] * xp[k - g.n];
-    if (i + 1 < g.h) for (int64_t k = 0; k < g.n; ++k) sd += t[k] * xp[g.w * g.n + k];
-    if (i > 0) for (int64_t k = 0; k < g.n; ++k) su += t[k] * xp[k - g.w * g.n];
+    const float s0 = Dot(t, xp, g.n);
+    const float sr = j + 1 < g.w ? Dot(t, xp + g.n, g.n) : 0.0f;
+    const float sl = j > 0 ? Dot(t, xp - g.n, g.n) : 0.0f;
+    const float sd = i + 1 < g.h ? Dot(t, xp + g.w * g.n, g.n) : 0.0f;
+    const float su = i > 0 ? Dot(t, xp - g.w * g.n, g.n) : 0.0f;
     acc[kCenter * g.n + p] -= s0;
     acc[kRight * g.n + p] -= sr;
     acc[kLeft * g.n + p] -= sl;

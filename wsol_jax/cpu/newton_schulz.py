@@ -1,28 +1,27 @@
-"""SCM's Newton–Schulz chain on a grid stencil as an XLA:CPU FFI kernel (``newton_schulz_cpu.cc``).
+"""SCM's Newton–Schulz chain on a grid stencil as an XLA:CPU FFI kernel (``newton_schulz.cc``).
 
 ``forward(coef_m, coef_x0, h, w, iterations)`` returns the dense iterates X_1..X_{K−1}
 (each (B, N, N)) of X_{k+1} = X_k (2I − M X_k) from X₀ = α·M, and ``backward`` runs the
 dense steps of its VJP (from a dense cotangent of X_{last+1} down to the constant X₀) and
 returns the stencil coefficients' cotangent. M and X₀ are passed as their five coefficient
 planes per image, (B, 5, N) (centre, right, left, down, up; zero outside the grid), as
-``methods.scm._coefficients`` lays them out. ``methods.scm`` uses it for the stencil ADB on
-a single-device CPU backend (``config.scm.newton_schulz``); the recurrence and its VJP are
-the JAX code's, evaluated one image per task with the image's matrices in L2.
+``models.scm_adb._coefficients`` lays them out: this module is a ``models.scm_adb.DenseSteps``
+(the wing injects it on a single-device CPU backend). The recurrence and its VJP are the
+JAX code's, evaluated one image per task with the image's matrices in L2.
 """
 from __future__ import annotations
 
 import functools
 import os
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsol_jax.kernels import build
-from wsol_jax.kernels.build import KernelBuildError
+from wsol_jax.cpu import build
+from wsol_jax.cpu.build import KernelBuildError
 
-SOURCE = os.path.join(build.KERNEL_DIR, "newton_schulz_cpu.cc")
+SOURCE = os.path.join(build.KERNEL_DIR, "newton_schulz.cc")
 FORWARD, BACKWARD = "wsol_newton_schulz_fwd", "wsol_newton_schulz_bwd"  # FFI target names
 
 
@@ -34,15 +33,13 @@ def load() -> str:
 
 
 @functools.cache
-def available() -> bool:
-  """Whether ``load()`` succeeds here (cached; warns once with the reason when not)."""
+def unavailable() -> str | None:
+  """None where ``load()`` succeeds here, else why not (cached)."""
   try:
     load()
   except KernelBuildError as e:
-    warnings.warn(f"the CPU Newton–Schulz kernel is not available, using XLA's ops: {e}",
-                  stacklevel=2)
-    return False
-  return True
+    return str(e)
+  return None
 
 
 def _check_coef(name: str, coef: jax.Array, h: int, w: int) -> None:

@@ -261,10 +261,10 @@ class EvalIterator:
 
 
 def _loader_kwargs(cfg: Any) -> dict[str, Any]:
-  return dict(worker_count=int(cfg.get("worker_count", 0)),
-              worker_buffer_size=int(cfg.get("worker_buffer_size", 2)),
-              read_threads=int(cfg.get("read_threads", 8)),
-              read_prefetch=int(cfg.get("read_prefetch", 128)))
+  return dict(worker_count=int(cfg.worker_count),
+              worker_buffer_size=int(cfg.worker_buffer_size),
+              read_threads=int(cfg.read_threads),
+              read_prefetch=int(cfg.read_prefetch))
 
 
 def build_train_iterator(cfg_data: Any, batch_size: int, seed: int) -> TrainIterator:
@@ -272,11 +272,11 @@ def build_train_iterator(cfg_data: Any, batch_size: int, seed: int) -> TrainIter
   split = config_lib.resolve_split(cfg_data, "train")
   source = make_source(cfg_data, split)
   info = dataset_info(cfg_data, source)
-  num_epochs = int(cfg_data.get("num_epochs", 0) or 0) or None
+  num_epochs = int(cfg_data.num_epochs) or None
   loader = train_loader(
       source, batch_size=batch_size, seed=seed, image_size=cfg_data.image_size,
-      resize_size=cfg_data.resize_size, random_flip=bool(cfg_data.get("random_flip", True)),
-      max_boxes=info.max_boxes if cfg_data.get("train_boxes", False) else 0,
+      resize_size=cfg_data.resize_size, random_flip=bool(cfg_data.random_flip),
+      max_boxes=info.max_boxes if cfg_data.train_boxes else 0,
       num_epochs=num_epochs, **_loader_kwargs(cfg_data))
   return TrainIterator(loader, info, source, batch_size)
 

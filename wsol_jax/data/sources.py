@@ -44,33 +44,33 @@ def make_source(cfg: Any, split: str) -> Source:
   """
   if not split:
     raise ValueError(f"dataset {cfg.name!r} has no such split (empty split name)")
-  data_dir = cfg.get("data_dir", "") or None
-  use_masks = bool(cfg.get("use_masks", True))
+  data_dir = cfg.data_dir or None
+  use_masks = bool(cfg.use_masks)
   if cfg.name == "synthetic":
     params = config_lib.synthetic_params(cfg)
     p = synthetic.SyntheticParams.from_kwargs(**params)
     data_dir = data_dir or tfds_sources.default_data_dir()
-    if cfg.synthetic.get("generate", True):
+    if cfg.synthetic.generate:
       name = synthetic.ensure_synthetic_dataset(data_dir, **params)
     else:
       name = f"{synthetic.DATASET_NAME}/{p.config_name}"
     hint = ("Generate it with wsol_jax.data.synthetic.ensure_synthetic_dataset("
             f"{data_dir!r}, **params) or set cfg.synthetic.generate=True.")
     return tfds_sources.TfdsSource(name, split, data_dir, use_masks=use_masks,
-                                   mask_threshold=cfg.get("mask_threshold", 127),
+                                   mask_threshold=cfg.mask_threshold,
                                    missing_hint=hint, builder_module=synthetic.__name__)
   if cfg.name in _TFDS_NAMES:
     return tfds_sources.TfdsSource(_TFDS_NAMES[cfg.name], split, data_dir,
-                                   download=bool(cfg.get("download", False)), use_masks=use_masks,
-                                   mask_threshold=cfg.get("mask_threshold", 127))
+                                   download=bool(cfg.download), use_masks=use_masks,
+                                   mask_threshold=cfg.mask_threshold)
   if cfg.name == "wsol_metadata":
     m = cfg.metadata
     image_root = m.image_root
-    if m.get("val_image_root", "") and split == config_lib.resolve_split(cfg, "val"):
+    if m.val_image_root and split == config_lib.resolve_split(cfg, "val"):
       image_root = m.val_image_root
     return wsol_metadata.WsolMetadataSource(
-        m.metadata_dir, split, image_root, mask_root=m.get("mask_root", "") or None,
-        dataset=m.get("dataset", "") or None, num_classes=m.get("num_classes", 0) or None,
+        m.metadata_dir, split, image_root, mask_root=m.mask_root or None,
+        dataset=m.dataset or None, num_classes=m.num_classes or None,
         use_masks=use_masks)
   raise ValueError(f"unknown dataset name {cfg.name!r}; expected one of {config_lib.NAMES}")
 

@@ -3,8 +3,8 @@
 Modules: ``boxes`` (box mining with OpenCV contour semantics), ``iou`` (+1-convention IoU),
 ``box_accuracy`` (MaxBoxAcc / MaxBoxAccV2), ``localization`` (TS-CAM and SCM Top-k / GT-known
 Loc), ``pxap`` (PxAP), ``pixel_metrics`` (AG-CAM pixel metrics), ``perturbation``
-(MoRF / LeRF / ABPC), ``baselines`` (center-Gaussian map) and ``reference`` (a port of the
-official per-threshold loop, the parity baseline).
+(MoRF / LeRF / ABPC) and ``baselines`` (center-Gaussian map). The port of the official
+per-threshold loop that the box miner is checked against lives in ``tests/reference_boxes.py``.
 """
 from wsol_jax.eval.baselines import center_gaussian, center_gaussian_batch
 from wsol_jax.eval.box_accuracy import (BoxAccuracy, BoxAccuracyResult, best_iou_per_threshold,

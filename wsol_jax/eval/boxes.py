@@ -22,12 +22,14 @@ all contours at once in integer numpy arithmetic (exactly ``cv2.boundingRect`` a
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
 from typing import Sequence
 
 import cv2
 import numpy as np
+
+from wsol_jax.eval import components
+from wsol_jax.eval.box_sets import ThresholdBoxes
 
 _NO_CONTOUR_WSOL = (0, 0, 0, 0)
 _NO_CONTOUR_TSCAM = (0, 0, 1, 1)
@@ -59,41 +61,6 @@ def integer_thresholds(u_max: int, thresholds: Sequence[float] | np.ndarray) -> 
   """``int(τ·max U)`` for every τ, in float64 as the official code -> (K,) int64."""
   taus = np.asarray(thresholds, dtype=np.float64)
   return np.trunc(taus * np.float64(u_max)).astype(np.int64)
-
-
-@dataclasses.dataclass(frozen=True)
-class ThresholdBoxes:
-  """Boxes of a threshold sweep, stored once per distinct foreground mask.
-
-  Attributes:
-    boxes: (N, 4) int64 ``[x0, y0, x1, y1]`` of the distinct masks, concatenated mask by mask
-      (within a mask in OpenCV's contour order).
-    counts: (D,) int64 number of boxes of each distinct mask (>= 1; an empty mask has the
-      single no-contour box).
-    mask_index: (K,) int64 distinct-mask index of each threshold.
-  """
-
-  boxes: np.ndarray
-  counts: np.ndarray
-  mask_index: np.ndarray
-
-  @property
-  def offsets(self) -> np.ndarray:
-    """(D,) start row of each distinct mask in ``boxes``."""
-    return np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
-
-  def per_threshold(self) -> list[np.ndarray]:
-    """Boxes of every threshold, as K arrays (n_k, 4)."""
-    offsets = self.offsets
-    return [self.boxes[offsets[d]:offsets[d] + self.counts[d]] for d in self.mask_index]
-
-  def flat(self) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes of all thresholds concatenated in threshold order -> ((sum n_k, 4), (K,) counts)."""
-    counts = self.counts[self.mask_index]
-    starts = self.offsets[self.mask_index]
-    ends = np.cumsum(counts)
-    rows = np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - counts - starts, counts)
-    return self.boxes[rows], counts
 
 
 def _contour_stats(contours: Sequence[np.ndarray], need_area: bool
@@ -239,7 +206,6 @@ def threshold_boxes(scoremap: np.ndarray, thresholds: Sequence[float] | np.ndarr
   if method == "components":
     if not multi_contour:
       raise ValueError("method='components' gives V2 boxes only")
-    from wsol_jax.eval import components  # pylint: disable=import-outside-toplevel
     return components.component_boxes(u, t)
   if method != "contours":
     raise ValueError(f"unknown method {method!r}")

@@ -48,6 +48,8 @@ from typing import Sequence
 import numba
 import numpy as np
 
+from wsol_jax.eval.box_sets import ThresholdBoxes
+
 _NO_CONTOUR = (0, 0, 0, 0)
 # The 8-neighbourhood as a ring (dy, dx): consecutive entries are 4-adjacent to each other.
 _RING_DY = (-1, -1, -1, 0, 1, 1, 1, 0)
@@ -831,10 +833,9 @@ def component_boxes(u: np.ndarray, int_thresholds: Sequence[int] | np.ndarray,
     gt_boxes: optional (G, 4) GT boxes; when given, the best IoUs are returned too.
 
   Returns:
-    ``boxes.ThresholdBoxes`` (within a mask: outer boxes, then hole boxes, in no particular
+    ``ThresholdBoxes`` (within a mask: outer boxes, then hole boxes, in no particular
     order; the same multiset as OpenCV's), and, with ``gt_boxes``, the (K,) best IoUs.
   """
-  from wsol_jax.eval import boxes as boxes_lib  # pylint: disable=import-outside-toplevel
   u = np.ascontiguousarray(u, dtype=np.uint8)
   check_size(*u.shape)
   t = _clip_thresholds(int_thresholds)
@@ -855,7 +856,7 @@ def component_boxes(u: np.ndarray, int_thresholds: Sequence[int] | np.ndarray,
   for level in t[first]:
     sel = rec[rec[:, 0] == level, 1:]
     groups.append(sel if len(sel) else np.asarray([_NO_CONTOUR], np.int64))
-  tb = boxes_lib.ThresholdBoxes(np.concatenate(groups).astype(np.int64),
+  tb = ThresholdBoxes(np.concatenate(groups).astype(np.int64),
                                 np.asarray([len(g) for g in groups], np.int64),
                                 mask_index.astype(np.int64))
   return tb if gt_boxes is None else (tb, out)

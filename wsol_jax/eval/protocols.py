@@ -42,9 +42,13 @@ class BatchContext:
   boxes: np.ndarray          # (B, G, 4) GT boxes on the map grid, -1 padded
   valid: np.ndarray          # (B,) bool
   normalized_images: Callable[[], jax.Array]  # (B, H, W, 3) model inputs, on demand
+  index: np.ndarray | None = None  # (B,) dataset index of each row
+  masks: np.ndarray | None = None  # (B, H, W) uint8 GT masks (datasets with masks)
 
 
 class Protocol:
+  """An accumulator over the batches of one evaluation pass (the evaluator's standard
+  metrics share this interface)."""
   needs_topk_maps = False
 
   def start(self, predict_fn: Callable[[jax.Array], jax.Array]) -> None:

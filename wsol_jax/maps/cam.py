@@ -3,6 +3,7 @@
 * ``cam``: the wsolevaluation baseline (``wsol/resnet.py ResNetCam(return_cam=True)``) —
   for the target class t, ``mean_k fc.weight[t, k] · features[k]`` over the K feature
   channels of the last stage (no bias, no ReLU, no normalisation).
+  For an ``RfgaResNet`` (1×1-conv class-map head) the CAM is the target's class map.
 * ``class_maps``: every class at once for a 1×1-conv class-map head (ACoL/RFGA-style),
   ``Σ_k W[k, c] · features[k] + b[c]``, i.e. the head's output before the spatial mean.
 """
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from wsol_jax.maps.targets import resolve_targets
+from wsol_jax.models.rfga import RfgaResNet
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -34,10 +36,10 @@ def class_maps(features: jax.Array, kernel: jax.Array, bias: jax.Array | None = 
 
 def cam(model: nn.Module, variables: Any, images: jax.Array,
         targets: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """CAM of a ResNet with an ``fc`` head (wsolevaluation ``ResNetCam``).
+  """CAM of a ResNet with an ``fc`` head (wsolevaluation ``ResNetCam``) or of an ``RfgaResNet``.
 
   Args:
-    model: a ``ResNet`` (``head='fc'``; output stride 32, 16 or 8).
+    model: a ``ResNet`` (``head='fc'``; output stride 32, 16 or 8) or an ``RfgaResNet``.
     variables: ``{'params': ..., 'batch_stats': ...}``.
     images: (B, H, W, 3) normalised NHWC images.
     targets: (B,) int classes; None = argmax.
@@ -45,6 +47,8 @@ def cam(model: nn.Module, variables: Any, images: jax.Array,
   Returns:
     (maps (B, h, w) raw, logits (B, C)); h, w = H/stride, W/stride.
   """
+  if isinstance(model, RfgaResNet):
+    return class_map_cam(model, variables, images, targets)
   if getattr(model, "head", None) != "fc":
     raise ValueError("cam needs a ResNet with an 'fc' head (got "
                      f"{type(model).__name__} head={getattr(model, 'head', None)!r})")
@@ -52,3 +56,13 @@ def cam(model: nn.Module, variables: Any, images: jax.Array,
   targets = resolve_targets(logits, targets)
   kernel = variables["params"]["fc"]["kernel"]
   return cam_from_features(aux["features"].astype(jnp.float32), kernel, targets), logits
+
+
+def class_map_cam(model: nn.Module, variables: Any, images: jax.Array,
+                  targets: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """RFGA's CAM: the class map of ``targets`` (None: predicted), (B, h, w) raw (bias included;
+  min-max removes it), and the logits."""
+  logits, aux = model.apply(variables, images, capture=("class_maps",))
+  targets = resolve_targets(logits, targets)
+  class_maps_ = aux["class_maps"].astype(jnp.float32)  # (B, h, w, K)
+  return jnp.take_along_axis(class_maps_, targets[:, None, None, None], axis=-1)[..., 0], logits

@@ -14,7 +14,6 @@ The targets (None: argmax) are fixed by the first pass and reused by the others.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -22,11 +21,12 @@ import jax
 
 # Names are imported from the submodules: the package re-binds ``rollout``, ``agcam`` and
 # ``cam`` to the functions of the same name.
-from wsol_jax.maps import attention, postprocess, semantic
+from wsol_jax.maps import attention, lrp, postprocess, semantic
 from wsol_jax.maps.agcam import agcam_from_rows
 from wsol_jax.maps.cam import cam
 from wsol_jax.maps.rollout import attention_rollout, gradient_rollout
 from wsol_jax.models.resnet import ResNet
+from wsol_jax.models.rfga import RfgaResNet
 from wsol_jax.models.vit import VisionTransformer
 
 
@@ -65,6 +65,24 @@ KINDS: dict[str, Kind] = {
 }
 
 
+# The kind a model explains by default when no method says otherwise (explain CLI).
+DEFAULT_KINDS = {"vit": "gar", "resnet": "cam"}
+
+
+def _family(model: nn.Module) -> str | None:
+  if isinstance(model, (ResNet, RfgaResNet)):
+    return "resnet"
+  return "vit" if isinstance(model, VisionTransformer) else None
+
+
+def default_kind(model: nn.Module) -> str:
+  """The default map kind of a model (``DEFAULT_KINDS`` by family)."""
+  family = _family(model)
+  if family is None:
+    raise ValueError(f"no map kind for a {type(model).__name__}")
+  return DEFAULT_KINDS[family]
+
+
 def upsample_method(kind: str) -> str:
   """The official interpolation of a kind's maps: ``'bilinear'`` or ``'bicubic'``."""
   return _kind(kind).upsample
@@ -85,7 +103,7 @@ def _check_kinds(model: nn.Module, kinds: Sequence[str]) -> tuple[str, ...]:
   kinds = tuple(kinds)
   if not kinds:
     raise ValueError("kinds is empty")
-  family = "resnet" if isinstance(model, ResNet) else "vit" if isinstance(model, VisionTransformer) else None
+  family = _family(model)
   for name in kinds:
     want = _kind(name).family
     if want != family:
@@ -93,16 +111,6 @@ def _check_kinds(model: nn.Module, kinds: Sequence[str]) -> tuple[str, ...]:
     if name in ("tscam", "scm") and model.head != "conv3x3":
       raise ValueError(f"map kind {name!r} needs the conv3x3 (TS-CAM/SCM) head, got head={model.head!r}")
   return kinds
-
-
-def _lrp_module() -> Any:
-  """``wsol_jax.maps.lrp``, imported only when an LRP map is asked for."""
-  try:
-    return importlib.import_module("wsol_jax.maps.lrp")
-  except ModuleNotFoundError as e:
-    if e.name != "wsol_jax.maps.lrp":
-      raise
-    raise NotImplementedError("map kind 'lrp' needs wsol_jax/maps/lrp.py, which is not installed") from e
 
 
 def _vit_maps(model: nn.Module, variables: Any, images: jax.Array, kinds: tuple[str, ...],
@@ -153,7 +161,7 @@ def _vit_maps(model: nn.Module, variables: Any, images: jax.Array, kinds: tuple[
       out[name] = semantic.select_class(fn(aux["attn_cls"], aux["semantic"]), targets)
       continue
     elif name == "lrp":
-      out[name] = _lrp_module().transformer_attribution(
+      out[name] = lrp.transformer_attribution(
           model, variables, images, targets, attn_grads=plain.grads, start_layer=lrp_start_layer)
       continue
     else:  # pragma: no cover - KINDS and this dispatch are kept in sync
@@ -170,7 +178,7 @@ def compute(model: nn.Module, variables: Any, images: jax.Array, kinds: Sequence
   Args:
     model: a ``VisionTransformer`` (kinds ``rollout``, ``rollout_half``, ``gar``,
       ``lrp``, ``agcam``, ``agcam_nostopgrad``, and ``tscam``/``scm`` with the conv3x3
-      head) or a ``ResNet`` with an ``fc`` head (kind ``cam``).
+      head) or a ``ResNet`` with an ``fc`` head or an ``RfgaResNet`` (kind ``cam``).
     variables: the model's variables.
     images: (B, H, W, 3) normalised NHWC images.
     kinds: map kinds to return (see ``KINDS``).

@@ -5,11 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from wsol_jax.maps import postprocess
-
-
-def attention_sum(attn_cls: jax.Array) -> jax.Array:
-  """Σ_l mean_h A_l[cls, patches]: (L, B, H, N) -> (B, N − 1) (TS-CAM sums the layers)."""
-  return jnp.sum(jnp.mean(attn_cls[..., 1:], axis=2), axis=0)
+from wsol_jax.models.vit import attention_sum
 
 
 def tscam_maps(attn_cls: jax.Array, semantic: jax.Array) -> jax.Array:

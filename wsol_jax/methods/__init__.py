@@ -1,12 +1,15 @@
 """WSOL methods as plug-ins (see ``wsol_jax.methods.base``): ``get_method(config)``."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
+from typing import Any
 
 import ml_collections
 
 from wsol_jax.methods.base import Method
+from wsol_jax.runtime import Runtime
 
 # name -> "module:Class" (imported lazily so a method's extra code loads only when used).
 METHODS = {
@@ -28,9 +31,20 @@ def method_class(name: str) -> type[Method]:
   return getattr(importlib.import_module(module), cls)
 
 
-def get_method(config: ml_collections.ConfigDict) -> Method:
-  """Builds the method named ``config.method`` for this config."""
-  return method_class(config.method)(config)
+def get_method(config: ml_collections.ConfigDict, runtime: Runtime | None = None) -> Method:
+  """Builds the method named ``config.method`` for this config (``runtime``: the run's
+  injected implementations; default plain XLA)."""
+  return method_class(config.method)(config, runtime)
 
 
-__all__ = ["METHODS", "Method", "get_method", "method_class"]
+def config_sections() -> dict[str, dict[str, Any]]:
+  """Every method's own config section with its defaults (the schema's method sections)."""
+  out = {}
+  for name in METHODS:
+    section = method_class(name).config_section
+    if section is not None:
+      out[section[0]] = dataclasses.asdict(section[1]())
+  return out
+
+
+__all__ = ["METHODS", "Method", "config_sections", "get_method", "method_class"]

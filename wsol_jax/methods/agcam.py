@@ -22,12 +22,19 @@ The ``'agcam'`` protocol reports pixel accuracy / IoU / dice / precision / recal
 """
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
-import ml_collections
 
 from wsol_jax import maps as maps_lib
 from wsol_jax.methods import base
-from wsol_jax.models import registry
+
+
+@dataclasses.dataclass(frozen=True)
+class AgCamConfig:
+  """``config.agcam``. stop_gradient: the official stop-gradient at every attention input
+  (False: plain autograd, ``agcam_nostopgrad``)."""
+  stop_gradient: bool = True
 
 
 class AgCam(base.Method):
@@ -36,24 +43,17 @@ class AgCam(base.Method):
   maps_all_classes = False
   upsample = "bilinear"
   eval_protocols = ("agcam",)
-
-  def __init__(self, config: ml_collections.ConfigDict):
-    section = config.get("agcam", None)
-    self.stop_gradient = bool(section.get("stop_gradient", True)) if section else True
-    super().__init__(config)
+  config_section = ("agcam", AgCamConfig)
 
   def build_model(self) -> nn.Module:
-    kwargs = dict(head="linear", img_size=self.image_size,
-                  drop_path_rate=float(self.config.model.get("drop_path_rate", 0.0)))
-    return registry.build_from_kwargs("vit", self.model_kwargs(**kwargs))
+    kwargs = dict(head="linear", img_size=self.image_size, drop_path_rate=self.drop_path)
+    return self.build("vit", self.model_kwargs("vit", **kwargs))
 
   def compute_kind(self, kind: str | None) -> str:
     """The ``wsol_jax.maps`` kind behind one of ``map_kinds`` (None: the default)."""
-    kind = kind or self.map_kinds[0]
-    if kind not in self.map_kinds:
-      raise ValueError(f"AG-CAM map kind must be one of {self.map_kinds}, got {kind!r}")
+    kind = self.check_kind(kind)
     if kind == "agcam":
-      return "agcam" if self.stop_gradient else "agcam_nostopgrad"
+      return "agcam" if self.section_config.stop_gradient else "agcam_nostopgrad"
     return "rollout_half" if kind == "rollout" else kind
 
   def loss(self, variables, batch, rng):
@@ -67,4 +67,4 @@ class AgCam(base.Method):
     return out[name], logits
 
 
-__all__ = ["AgCam"]
+__all__ = ["AgCam", "AgCamConfig"]

@@ -19,11 +19,19 @@ functions of the variables (the trainer jit-compiles them):
 
 Class attributes: ``map_kinds`` (first = default), ``upsample`` (the official
 resize of this method's maps: ``'bilinear'`` or ``'bicubic'``), ``eval_protocols`` (the
-papers' own evaluation protocols run at the final test / by the evaluate CLI).
+papers' own evaluation protocols run at the final test / by the evaluate CLI),
+``config_section`` (the method's own config section and the dataclass holding its
+defaults: the schema's section is built from it), ``drop_path_rate`` (the method's
+stochastic depth when ``config.model.drop_path_rate`` is None).
+
+A method builds its model through ``build``, which passes the run's injected
+implementations (``wsol_jax.runtime.Runtime``; plain XLA by default) to the model class.
 """
 from __future__ import annotations
 
 import abc
+import dataclasses
+import functools
 from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
@@ -35,6 +43,7 @@ from flax import traverse_util
 
 from wsol_jax.models import pretrained as pretrained_lib
 from wsol_jax.models import registry
+from wsol_jax.runtime import Runtime
 
 Variables = dict[str, Any]
 
@@ -61,34 +70,56 @@ def load_into(fresh: Variables, pretrained_dir: str, head_names: Sequence[str] =
   e.g. SCM's ``scm``) or the head. Returns ``(variables, reinitialised_paths)``.
   """
   loaded, _ = pretrained_lib.load_pretrained(pretrained_dir)
-  flat_fresh = traverse_util.flatten_dict(fresh)
-  flat_loaded = traverse_util.flatten_dict(loaded)
-  backbone_roots = {k[1] for k in flat_loaded if len(k) > 1}
-  problems, kept = [], []
-  out = dict(flat_fresh)
-  for key, value in flat_loaded.items():
-    if key not in flat_fresh:
-      if len(key) > 1 and key[1] in head_names:
-        continue  # e.g. a linear head when the method uses a conv head
-      problems.append(f"unexpected {'/'.join(key)} {tuple(np.shape(value))}")
-    elif tuple(np.shape(value)) != tuple(flat_fresh[key].shape):
-      if len(key) > 1 and key[1] in head_names:
-        kept.append("/".join(key))
-        continue
-      problems.append(f"shape {'/'.join(key)}: checkpoint {tuple(np.shape(value))} vs model "
-                      f"{tuple(flat_fresh[key].shape)}")
-    else:
-      out[key] = jnp.asarray(value, flat_fresh[key].dtype)
-  for key in flat_fresh:
-    if key not in flat_loaded:
-      if len(key) > 1 and (key[1] in head_names or key[1] not in backbone_roots):
-        kept.append("/".join(key))
-      else:
-        problems.append(f"missing {'/'.join(key)} {tuple(flat_fresh[key].shape)}")
-  if problems:
-    raise ValueError(f"pretrained weights in {pretrained_dir} do not fit the model:\n  "
-                     + "\n  ".join(problems))
-  return traverse_util.unflatten_dict(out), sorted(set(kept))
+  got, want = pretrained_lib.shapes(loaded), pretrained_lib.shapes(fresh)
+  missing, unexpected, mismatched = pretrained_lib.compare(got, want)
+  roots = {k.split("/")[1] for k in got if k.count("/") >= 1}
+
+  def head(key):
+    return key.count("/") >= 1 and key.split("/")[1] in head_names
+  kept = [k for k, *_ in mismatched if head(k)]
+  kept += [k for k, _ in missing if head(k) or k.split("/")[1] not in roots]
+  unexpected = [u for u in unexpected if not head(u[0])]  # e.g. a linear head for a conv head
+  missing = [m for m in missing if m[0] not in kept]
+  mismatched = [m for m in mismatched if m[0] not in kept]
+  if missing or unexpected or mismatched:
+    raise pretrained_lib.WeightsMismatch(missing, unexpected, mismatched,
+                                         what=f"pretrained weights in {pretrained_dir} do not fit "
+                                         "the model")
+  flat = traverse_util.flatten_dict(fresh)
+  for key, value in traverse_util.flatten_dict(loaded).items():
+    if "/".join(key) in want and "/".join(key) not in kept:
+      flat[key] = jnp.asarray(value, flat[key].dtype)
+  return traverse_util.unflatten_dict(flat), sorted(kept)
+
+
+def read_section(config: ml_collections.ConfigDict, name: str, cls: type) -> Any:
+  """``cls(**config[name])`` (a method's config dataclass), naming unknown keys."""
+  values = dict(config[name])
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - fields)
+  if unknown:
+    raise ValueError(f"unknown {name} config keys {unknown}; valid: {sorted(fields)}")
+  return cls(**values)
+
+
+def new_layer_labels(params: Any, new_roots: Sequence[str]) -> Any:
+  """'new_decay' under the top-level names ``new_roots``, else 'decay' (every parameter,
+  biases and BN included, is decayed, as PyTorch ``SGD(weight_decay=...)`` in the CNN methods'
+  official code)."""
+  def label(path, _):
+    root = str(getattr(path[0], "key", path[0]))
+    return "new_decay" if root in new_roots else "decay"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def train_loss(model: nn.Module, variables: Variables, batch: dict[str, jax.Array]
+               ) -> tuple[jax.Array, dict[str, Any]]:
+  """Cross-entropy of a train-mode forward of a BatchNorm network; the updated statistics
+  as model state."""
+  (logits, _), updates = model.apply(variables, batch["image"], train=True,
+                                     mutable=["batch_stats"])
+  loss, metrics = cross_entropy(logits, batch["label"])
+  return loss, {"metrics": metrics, "model_state": {"batch_stats": updates["batch_stats"]}}
 
 
 class Method(abc.ABC):
@@ -98,39 +129,66 @@ class Method(abc.ABC):
   maps_all_classes: ClassVar[bool] = False
   upsample: ClassVar[str] = "bilinear"
   eval_protocols: ClassVar[tuple[str, ...]] = ()  # see wsol_jax.eval.protocols
+  config_section: ClassVar[tuple[str, type] | None] = None  # (config key, defaults dataclass)
+  drop_path_rate: ClassVar[float] = 0.0
+  jit_init: ClassVar[bool] = False  # compile init (a ResNet's eager init is slow)
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, runtime: Runtime | None = None):
     self.config = config
+    self.runtime = runtime if runtime is not None else Runtime()
+    self.section_config = (read_section(config, *self.config_section)
+                           if self.config_section else None)
     self.model_name = config.model.name
     spec = registry.get_spec(self.model_name)
-    self.mean = tuple(config.model.get("mean", None) or spec.mean)
-    self.std = tuple(config.model.get("std", None) or spec.std)
+    self.mean = tuple(config.model.mean or spec.mean)
+    self.std = tuple(config.model.std or spec.std)
     self.image_size = int(config.data.image_size)
     self.num_classes = int(config.model.num_classes)
+    rate = config.model.drop_path_rate
+    self.drop_path = float(self.drop_path_rate if rate is None else rate)
     self.model = self.build_model()
 
   @abc.abstractmethod
   def build_model(self) -> nn.Module:
-    """The backbone module for this method and config."""
+    """The module for this method and config (through ``build``)."""
 
-  def model_kwargs(self, **method_kwargs: Any) -> dict[str, Any]:
-    """Constructor arguments: the method's requirements, then ``config.model.kwargs`` overrides."""
+  def model_kwargs(self, family: str, **method_kwargs: Any) -> dict[str, Any]:
+    """Constructor arguments of ``config.model.name`` as ``family``: the method's
+    requirements, then ``config.model.kwargs`` overrides."""
     kwargs = dict(method_kwargs)
     kwargs["num_classes"] = self.num_classes
-    kwargs.update(dict(self.config.model.get("kwargs", None) or {}))
-    return registry.model_kwargs(self.model_name, **kwargs)
+    kwargs.update(dict(self.config.model.kwargs))
+    return registry.model_kwargs(self.model_name, family, **kwargs)
 
-  def init_fresh(self, rng: jax.Array) -> Variables:
-    """Variables of a fresh (randomly initialised) model, without pretrained weights."""
+  def build(self, family: str, kwargs: dict[str, Any]) -> nn.Module:
+    """The ``family`` module with ``kwargs`` and the run's injected implementations."""
+    cls = registry.family_class(family)
+    return registry.build_from_kwargs(family, {**kwargs, **self.runtime.model_overrides(cls)})
+
+  @functools.cached_property
+  def _compiled_init(self):
+    return jax.jit(self._init)  # one compilation per method object
+
+  def _init(self, rng: jax.Array) -> Variables:
     images = jnp.zeros((1, self.image_size, self.image_size, 3), jnp.float32)
     return dict(self.model.init(rng, images))
 
+  def init_fresh(self, rng: jax.Array) -> Variables:
+    """Variables of a fresh (randomly initialised) model, without pretrained weights."""
+    return dict(self._compiled_init(rng) if self.jit_init else self._init(rng))
+
   def init(self, rng: jax.Array) -> Variables:
     variables = self.init_fresh(rng)
-    path = self.config.model.get("pretrained", None)
-    if path:
-      variables, _ = load_into(variables, path)
+    if self.config.model.pretrained:
+      variables, _ = load_into(variables, self.config.model.pretrained)
     return variables
+
+  def check_kind(self, kind: str | None) -> str:
+    """``kind`` (None: the default) validated against ``map_kinds``."""
+    kind = kind or self.map_kinds[0]
+    if kind not in self.map_kinds:
+      raise ValueError(f"{self.name}: unknown map kind {kind!r}; valid: {list(self.map_kinds)}")
+    return kind
 
   @abc.abstractmethod
   def loss(self, variables: Variables, batch: dict[str, jax.Array], rng: jax.Array
@@ -149,27 +207,14 @@ class Method(abc.ABC):
     return timm_decay_labels(params)
 
   def export_meta(self) -> dict[str, Any]:
-    """Metadata of a trained model directory (``wsol_model.json``) for explain/evaluate."""
-    spec = registry.get_spec(self.model_name)
-    kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.model_kwargs_final().items()}
-    return {"model": self.model_name, "family": spec.family, "kwargs": kwargs,
+    """Metadata of a trained model directory (``wsol_model.json``) for explain/evaluate:
+    the architecture only (no injected implementation), so it runs on any backend."""
+    family = next(f for f, cls in registry.FAMILIES.items() if type(self.model) is cls)
+    return {"model": self.model_name, "family": family,
+            "kwargs": registry.architecture(self.model),
             "num_classes": self.num_classes, "image_size": self.image_size,
             "mean": list(self.mean), "std": list(self.std), "method": self.name,
-            "config": self.config.to_dict() if hasattr(self.config, "to_dict") else {}}
-
-  def model_kwargs_final(self) -> dict[str, Any]:
-    """The JSON-serialisable constructor arguments of ``self.model`` (architecture only:
-    not ``attention_impl``, which is how this machine runs it)."""
-    import dataclasses as dc
-    out = {}
-    for f in dc.fields(self.model):
-      if f.name in ("parent", "name", "attention_impl"):
-        continue
-      value = getattr(self.model, f.name)
-      if callable(value) or f.name == "dtype":
-        continue
-      out[f.name] = value
-    return out
+            "config": self.config.to_dict()}
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:

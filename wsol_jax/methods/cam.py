@@ -14,7 +14,6 @@ not loaded from the checkpoint starts as ``initialize_weights``: N(0, 0.01) weig
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -23,8 +22,6 @@ import jax.numpy as jnp
 
 from wsol_jax import maps as maps_lib
 from wsol_jax.methods import base
-from wsol_jax.methods.rfga import new_layer_labels, train_loss
-from wsol_jax.models import registry
 
 FC_STD = 0.01  # wsolevaluation initialize_weights: nn.init.normal_(fc.weight, 0, 0.01), bias 0
 
@@ -41,20 +38,17 @@ class Cam(base.Method):
   maps_all_classes = False
   upsample = "bicubic"
   eval_protocols = ()
+  jit_init = True
 
   def build_model(self) -> nn.Module:
-    kwargs = self.model_kwargs(output_stride=16)
+    kwargs = self.model_kwargs("resnet", output_stride=16)
     if kwargs.get("head", "fc") != "fc":
       raise ValueError("cam needs the ResNet 'fc' head (model.kwargs.head)")
     kwargs["head"] = "fc"
-    return registry.build_from_kwargs("resnet", kwargs)
-
-  @functools.cached_property
-  def _jit_init(self):
-    return jax.jit(super().init_fresh)  # one compilation per method object
+    return self.build("resnet", kwargs)
 
   def init_fresh(self, rng: jax.Array) -> base.Variables:
-    variables = dict(self._jit_init(rng))
+    variables = super().init_fresh(rng)
     params = dict(variables["params"])
     fc = params["fc"]
     key = jax.random.fold_in(rng, 7)
@@ -64,15 +58,14 @@ class Cam(base.Method):
 
   def loss(self, variables, batch, rng):
     del rng
-    return train_loss(self.model, variables, batch)
+    return base.train_loss(self.model, variables, batch)
 
   def maps(self, variables, images, targets=None, kind=None):
-    if kind not in (None, *self.map_kinds):
-      raise ValueError(f"cam: unknown map kind {kind!r}; valid: {list(self.map_kinds)}")
+    self.check_kind(kind)
     return maps_lib.cam(self.model, variables, images, targets)
 
   def param_labels(self, params):
-    return new_layer_labels(params, classifier_roots(params))
+    return base.new_layer_labels(params, classifier_roots(params))
 
 
 __all__ = ["Cam", "FC_STD", "classifier_roots"]

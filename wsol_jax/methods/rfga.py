@@ -1,51 +1,22 @@
-"""RFGA (Sohn et al., arXiv 2104.04952): residual fine-grained attention after ResNet-50 layer4.
+"""RFGA (Sohn et al., arXiv 2104.04952): ResNet-50 + residual fine-grained attention, CAM.
 
-Module (``RfgaModule``, NHWC; X (B, H, W, C) = the layer4 output)::
-
-    z_c = mean_hw X (B, C)      z_h = mean_w X (B, H, C)      z_w = mean_h X (B, W, C)
-    a_c = σ(BN_c(conv_c(z_c)))   conv_c: 1-D along C, 1 → 1 channel, k taps (ECA)
-    a_h = σ(BN_h(conv_h(z_h)))   conv_h: 1-D along H ('full' C → C | 'shared' | 'depthwise')
-    a_w = σ(BN_w(conv_w(z_w)))
-    S[b,i,j,c] = a_w[b,j,c] + a_h[b,i,c] + a_c[b,c]              (outer sum)
-    M = σ(S) (paper, Eq. 7) or S (MoANA code, M ∈ (0, 3))
-    out = X ⊙ (1 + M) ('residual' = X + X⊙M) | X ⊙ M | X ⊙ (0.35 + 0.65·M)
-
-All 1-D convs: zero padding (k − 1)/2, no bias, PyTorch's default init U(±1/√fan_in).
-BatchNorm is PyTorch's (``layers.BatchNorm``): the channel view normalises over the batch
-only, the h/w views over B·H (B·W) values. The two readings (``config.rfga``):
-
-* paper (default): second sigmoid; the h/w conv structure (not stated) defaults to the
-  code's 'full' C → C conv;
-* ``moana`` preset (ku-milab/MoANA ``moana_module.py``): ``second_sigmoid=False``.
-
-Network (``RfgaResNet``): ResNet-50 (timm names; output stride 8 = MoANA's layer3/layer4
-stride 1, no dilation) → module → 1×1-conv class-map head with bias (kaiming-normal
-fan-out) → logits = GAP of the class maps; CE loss. CAM = the class map of the target
-(raw, bias included; min-max removes it), upsampled bicubically like wsolevaluation.
+The network is ``wsol_jax.models.rfga.RfgaResNet`` (output stride 8 unless
+``model.kwargs.output_stride``); training is cross-entropy on the GAP of its class maps;
+the map is the class map of the target (``(B, h, w)``, raw), upsampled bicubically like
+wsolevaluation. Two readings of the module (``config.rfga``, ``RfgaConfig``): the paper's
+(default: second sigmoid; the h/w conv structure, not stated, defaults to the code's
+'full' C → C conv) and the ``moana`` preset of ku-milab/MoANA (``second_sigmoid=False``).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, Mapping, Sequence
-
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
 
-from wsol_jax.maps.targets import resolve_targets
+from wsol_jax import maps as maps_lib
 from wsol_jax.methods import base
-from wsol_jax.models import heads, layers
-from wsol_jax.models.resnet import CAPTURE_NAMES as RESNET_CAPTURES
-from wsol_jax.models.resnet import ResNet
+from wsol_jax.models import rfga as rfga_model
 
-CALIBRATIONS = ("residual", "multiplicative", "affine_0.35_0.65")
-HW_CONVS = ("full", "shared", "depthwise")
 NEW_ROOTS = ("rfga", "head")  # parameters created by the method (10× lr in the MoANA recipe)
-CAPTURE_NAMES = tuple(c for c in RESNET_CAPTURES if c != "pre_logits") + (
-    "calibrated", "attention", "class_maps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,244 +37,40 @@ class RfgaConfig:
   kernel_size: int = 3
 
   def __post_init__(self):
-    if self.calibration not in CALIBRATIONS:
-      raise ValueError(f"rfga.calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
-    if self.hw_conv not in HW_CONVS:
-      raise ValueError(f"rfga.hw_conv must be one of {HW_CONVS}, got {self.hw_conv!r}")
-    if int(self.kernel_size) < 1 or int(self.kernel_size) % 2 == 0:
-      raise ValueError(f"rfga.kernel_size must be odd and positive, got {self.kernel_size}")
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict | None) -> RfgaConfig:
-    """Reads ``config.rfga`` (missing keys keep the defaults)."""
-    section = config.get("rfga", None) if config is not None else None
-    if not section:
-      return cls()
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in dict(section).items() if k in names})
-
-
-MOANA = RfgaConfig(second_sigmoid=False, calibration="residual", hw_conv="full", kernel_size=3)
-
-
-def _conv1d(features: int, kernel_size: int, fan_in: int, name: str, groups: int = 1) -> nn.Conv:
-  pad = (kernel_size - 1) // 2
-  return nn.Conv(features, (kernel_size,), padding=((pad, pad),), use_bias=False,
-                 feature_group_count=groups, kernel_init=layers.torch_uniform_init(fan_in),
-                 name=name)
-
-
-def _along_channels(conv: nn.Conv, z: jax.Array) -> jax.Array:
-  """A 1 → 1 conv along the last axis: (..., C) -> (..., C)."""
-  return conv(z.reshape(-1, z.shape[-1], 1)).reshape(z.shape)
-
-
-class RfgaModule(nn.Module):
-  """Triple-view attention + expansion + calibration: (B, H, W, C) -> (B, H, W, C).
-
-  Parameters ``conv_c`` (k, 1, 1), ``conv_h``/``conv_w`` ((k, C, C) 'full', (k, 1, C)
-  'depthwise', (k, 1, 1) 'shared'), ``bn_c``/``bn_h``/``bn_w`` (MoANA ``bn1``/``bn2``/``bn3``).
-  The views are computed in float32; the calibration in the input's dtype.
-  """
-  second_sigmoid: bool = True
-  calibration: str = "residual"
-  hw_conv: str = "full"
-  kernel_size: int = 3
-
-  def _hw(self, z: jax.Array, name: str) -> jax.Array:
-    """conv_h / conv_w along the sequence axis of (B, L, C)."""
-    k, c = self.kernel_size, z.shape[-1]
-    if self.hw_conv == "full":
-      return _conv1d(c, k, k * c, name)(z)
-    if self.hw_conv == "depthwise":
-      return _conv1d(c, k, k, name, groups=c)(z)
-    if self.hw_conv == "shared":  # the same 1 → 1 conv for every channel
-      zt = jnp.swapaxes(z, 1, 2)  # (B, C, L)
-      return jnp.swapaxes(_conv1d(1, k, k, name)(zt.reshape(-1, zt.shape[-1], 1))
-                          .reshape(zt.shape), 1, 2)
-    raise ValueError(f"rfga.hw_conv must be one of {HW_CONVS}, got {self.hw_conv!r}")
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False, return_views: bool = False
-               ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
-    """Calibrated features; with ``return_views`` also ``{'a_c' (B, C), 'a_h' (B, H, C),
-    'a_w' (B, W, C), 'M' (B, H, W, C)}``."""
-    RfgaConfig(self.second_sigmoid, self.calibration, self.hw_conv, self.kernel_size)  # validate
-    xf = x.astype(jnp.float32)
-    z_c = jnp.mean(xf, axis=(1, 2))
-    z_h = jnp.mean(xf, axis=2)
-    z_w = jnp.mean(xf, axis=1)
-    conv_c = _conv1d(1, self.kernel_size, self.kernel_size, "conv_c")
-    a_c = nn.sigmoid(layers.BatchNorm(name="bn_c")(_along_channels(conv_c, z_c), train))
-    a_h = nn.sigmoid(layers.BatchNorm(name="bn_h")(self._hw(z_h, "conv_h"), train))
-    a_w = nn.sigmoid(layers.BatchNorm(name="bn_w")(self._hw(z_w, "conv_w"), train))
-    s = a_w[:, None, :, :] + a_h[:, :, None, :] + a_c[:, None, None, :]  # MoANA's order
-    m = nn.sigmoid(s) if self.second_sigmoid else s
-    out = calibrate(x, m.astype(x.dtype), self.calibration)
-    if return_views:
-      return out, {"a_c": a_c, "a_h": a_h, "a_w": a_w, "M": m}
-    return out
-
-
-def calibrate(x: jax.Array, m: jax.Array, calibration: str) -> jax.Array:
-  """Feature calibration (Eq. 8): X⊙(1 + M), X⊙M or X⊙(0.35 + 0.65·M)."""
-  if calibration == "residual":
-    return x * (1 + m)  # = X + X⊙M, computed like MoANA's x * (1 + attmap)
-  if calibration == "multiplicative":
-    return x * m
-  if calibration == "affine_0.35_0.65":
-    return x * (0.35 + 0.65 * m)
-  raise ValueError(f"rfga.calibration must be one of {CALIBRATIONS}, got {calibration!r}")
-
-
-class RfgaResNet(nn.Module):
-  """ResNet (timm names, shared scope) → ``RfgaModule`` (``rfga``) → 1×1-conv head (``head``).
-
-  ``logits, aux = model.apply(variables, images, train=False, capture=...)``; logits =
-  GAP of the class maps (B, K). ``capture`` (static) accepts the ResNet's names
-  (``features`` = layer4 before the module) and ``calibrated`` (module output
-  (B, h, w, 2048)), ``attention`` (the module's views dict), ``class_maps`` (B, h, w, K).
-  """
-  layers: Sequence[int] = (3, 4, 6, 3)
-  num_classes: int = 1000
-  output_stride: int = 8
-  in_chans: int = 3
-  width: int = 64
-  dtype: Any = jnp.float32
-  second_sigmoid: bool = True
-  calibration: str = "residual"
-  hw_conv: str = "full"
-  kernel_size: int = 3
-
-  def setup(self):
-    self.backbone = ResNet(layers=tuple(self.layers), num_classes=self.num_classes,
-                           output_stride=self.output_stride, head="none", in_chans=self.in_chans,
-                           width=self.width, dtype=self.dtype)
-    nn.share_scope(self, self.backbone)  # backbone variables at the top level (timm names)
-
-  @nn.compact
-  def __call__(self, images: jax.Array, *, train: bool = False, capture: Sequence[str] = ()
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    capture = tuple(capture)
-    unknown = sorted(set(capture) - set(CAPTURE_NAMES))
-    if unknown:
-      raise ValueError(f"unknown capture names {unknown}; valid: {list(CAPTURE_NAMES)}")
-    backbone_capture = tuple(c for c in capture if c in RESNET_CAPTURES)
-    _, aux = self.backbone(images, train=train, capture=backbone_capture + ("features",))
-    features = aux["features"] if "features" in capture else aux.pop("features")
-    x, views = RfgaModule(self.second_sigmoid, self.calibration, self.hw_conv, self.kernel_size,
-                          name="rfga")(features, train, return_views=True)
-    maps = heads.class_map_head(x, self.num_classes, self.dtype, name="head")
-    if "calibrated" in capture:
-      aux["calibrated"] = x
-    if "attention" in capture:
-      aux["attention"] = views
-    if "class_maps" in capture:
-      aux["class_maps"] = maps
-    return heads.spatial_mean(maps), aux
-
-
-def class_activation_maps(model: nn.Module, variables: base.Variables, images: jax.Array,
-                          targets: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """RFGA's CAMs: the class map of ``targets`` (None: predicted), (B, h, w), and the logits."""
-  logits, aux = model.apply(variables, images, capture=("class_maps",))
-  targets = resolve_targets(logits, targets).astype(jnp.int32)
-  class_maps = aux["class_maps"].astype(jnp.float32)  # (B, h, w, K)
-  maps = jnp.take_along_axis(class_maps, targets[:, None, None, None], axis=-1)[..., 0]
-  return maps, logits
-
-
-# ---- MoANA checkpoints ------------------------------------------------------------------------
-
-_TORCH_BN = {"bn1": "bn_c", "bn2": "bn_h", "bn3": "bn_w"}
-
-
-def module_variables_from_torch(state: Mapping[str, Any], prefix: str = "") -> base.Variables:
-  """Variables of ``RfgaModule`` ('full' h/w convs) from a MoANA ``moana`` state dict.
-
-  ``conv_{c,h,w}.weight`` (out, in, k) -> ``conv_*/kernel`` (k, in, out);
-  ``bn{1,2,3}.{weight,bias,running_mean,running_var}`` -> ``bn_{c,h,w}`` scale/bias/mean/var.
-  ``prefix`` selects the module inside a larger state dict (e.g. ``'layer4.3.'``).
-  """
-  def get(key):
-    return np.asarray(state[prefix + key], np.float32)
-  params, stats = {}, {}
-  for view in "chw":
-    params[f"conv_{view}"] = {"kernel": get(f"conv_{view}.weight").transpose(2, 1, 0)}
-  for torch_name, name in _TORCH_BN.items():
-    params[name] = {"scale": get(f"{torch_name}.weight"), "bias": get(f"{torch_name}.bias")}
-    stats[name] = {"mean": get(f"{torch_name}.running_mean"),
-                   "var": get(f"{torch_name}.running_var")}
-  return {"params": params, "batch_stats": stats}
-
-
-# ---- the method -----------------------------------------------------------------------------
-
-def new_layer_labels(params: Any, new_roots: Sequence[str]) -> Any:
-  """'new_decay' under the top-level names ``new_roots``, else 'decay' (every parameter,
-  biases and BN included, is decayed, as PyTorch ``SGD(weight_decay=...)`` in the official code)."""
-  def label(path, _):
-    root = str(getattr(path[0], "key", path[0]))
-    return "new_decay" if root in new_roots else "decay"
-  return jax.tree_util.tree_map_with_path(label, params)
-
-
-def train_loss(model: nn.Module, variables: base.Variables, batch: dict[str, jax.Array]
-               ) -> tuple[jax.Array, dict[str, Any]]:
-  """Cross-entropy of a train-mode forward; the updated BatchNorm statistics as model state."""
-  (logits, _), updates = model.apply(variables, batch["image"], train=True,
-                                     mutable=["batch_stats"])
-  loss, metrics = base.cross_entropy(logits, batch["label"])
-  return loss, {"metrics": metrics, "model_state": {"batch_stats": updates["batch_stats"]}}
+    rfga_model.validate(self.second_sigmoid, self.calibration, self.hw_conv, self.kernel_size)
 
 
 class Rfga(base.Method):
-  """RFGA: ``RfgaResNet`` (output stride 8 unless ``model.kwargs.output_stride``), CE loss.
+  """RFGA: ``RfgaResNet``, CE loss, the target's class map.
 
-  Maps: the class map of the target (``(B, h, w)``, raw), bicubic upsampling. Parameter
-  labels: ``rfga`` and ``head`` are ``'new_decay'`` (``optimizer.lr_multipliers.new_decay``
-  = 10 is the MoANA recipe), the backbone ``'decay'``.
+  Parameter labels: ``rfga`` and ``head`` are ``'new_decay'``
+  (``optimizer.lr_multipliers.new_decay`` = 10 is the MoANA recipe), the backbone ``'decay'``.
   """
   name = "rfga"
   map_kinds = ("cam",)
   maps_all_classes = False
   upsample = "bicubic"
   eval_protocols = ("rfga",)
-
-  def __init__(self, config: ml_collections.ConfigDict):
-    self.rfga_config = RfgaConfig.from_config(config)
-    super().__init__(config)
+  config_section = ("rfga", RfgaConfig)
+  jit_init = True
 
   def build_model(self) -> nn.Module:
-    kwargs = self.model_kwargs(output_stride=8)
+    kwargs = self.model_kwargs("rfga", output_stride=8,
+                               **dataclasses.asdict(self.section_config))
     if kwargs.pop("head", "none") not in ("none", "fc"):
       raise ValueError("rfga: model.kwargs.head is not used (the head is the 1×1-conv class map)")
-    return RfgaResNet(**kwargs, **dataclasses.asdict(self.rfga_config))
-
-  @functools.cached_property
-  def _jit_init(self):
-    return jax.jit(super().init_fresh)  # one compilation per method object
-
-  def init_fresh(self, rng: jax.Array) -> base.Variables:
-    return dict(self._jit_init(rng))
+    return self.build("rfga", kwargs)
 
   def loss(self, variables, batch, rng):
     del rng
-    return train_loss(self.model, variables, batch)
+    return base.train_loss(self.model, variables, batch)
 
   def maps(self, variables, images, targets=None, kind=None):
-    if kind not in (None, *self.map_kinds):
-      raise ValueError(f"rfga: unknown map kind {kind!r}; valid: {list(self.map_kinds)}")
-    return class_activation_maps(self.model, variables, images, targets)
+    self.check_kind(kind)
+    return maps_lib.cam(self.model, variables, images, targets)
 
   def param_labels(self, params):
-    return new_layer_labels(params, NEW_ROOTS)
-
-  def export_meta(self) -> dict[str, Any]:
-    meta = super().export_meta()
-    meta["family"] = "rfga"  # not a plain ResNet: rebuild with wsol_jax.methods.rfga.RfgaResNet
-    return meta
+    return base.new_layer_labels(params, NEW_ROOTS)
 
 
-__all__ = ["CALIBRATIONS", "class_activation_maps", "HW_CONVS", "MOANA", "Rfga", "RfgaConfig", "RfgaModule", "RfgaResNet",
-           "calibrate", "module_variables_from_torch", "new_layer_labels", "train_loss"]
+__all__ = ["NEW_ROOTS", "Rfga", "RfgaConfig"]

@@ -1,67 +1,24 @@
 """SCM (Bai et al., ECCV'22; hbai98/SCM): TS-CAM + Activation Diffusion Blocks (training only).
 
-Training graph (official ``SCM.forward`` in train mode)::
-
-    F⁰ = minmax(Σ_l mean_h A_l[cls, patches])   (B, N)      not detached
-    S⁰ = conv-head semantic maps                 (B, h, w, C)
-    (Sⁱ, Fⁱ) = ADB_i(Sⁱ⁻¹, Fⁱ⁻¹), i = 1..4;  logits = GAP(S⁴);  plain cross-entropy
-
-One ADB (``Encoder`` + ``Fuse`` of ``graphFusion.py``), with Λ = D − A the graph
-Laplacian of the h×w 4-neighbour patch grid::
-
-    E = cos-sim of the C-channel tokens of S        (no eps)
-    M = Λ ⊙ (λE − 1)
-    X₀ = α·Mᵀ (no gradient);  X_{k+1} = X_k (2I − M X_k), k < K;  P = X_Kᵀ
-    F̃ = P F;  τ = β·max F;  F̂ = minmax(tanhshrink(F̃/τ))   (no eps)
-    S' = S + S ⊙ F̂;  F' = F + F̂
-
-The Newton–Schulz recurrence is replicated literally (it is far from M⁻¹ with
-α = 0.002 and K = 16/4). Min/max reductions route their gradient to a single
-index like ``torch.min/max(dim)``. Inference drops the ADBs: maps are F⁰ ⊙ S⁰.
-
-Two implementations of the block give the same numbers up to float32 summation
-order: ``'dense'`` is the official computation with dense N×N matrices (the
-reference); ``'stencil'`` (default, fast) evaluates the same recurrence but
-
-* uses that M is zero outside Λ's 5-point stencil (M·X costs O(N²), only the
-  stencil entries of E are computed, X₀ = α·M is a stencil, so X₁ needs no matmul),
-* never forms X_K: F̃ = X_Kᵀ F = Y_{K−1}ᵀ (X_{K−1}ᵀ F) is two matrix–vector products,
-* differentiates the recurrence with a low-rank-aware VJP: ∂L/∂X_K = F ḡᵀ has rank 1
-  and the rank at most doubles per step, so the last steps' backward is
-  matrix–vector work (dense steps only once the rank exceeds N/2).
-
-For the four blocks' forward + backward at 224 px (N = 196) XLA counts 0.60 GFLOP per
-image instead of 2.60 (C = 200; 0.62 vs 3.35 for C = 1000), against 28.4 GFLOP for a
-whole DeiT-S TS-CAM training step (``benchmarks/scm_blocks.py``).
-On one CPU device the dense steps (forward iterates and VJP) run in the FFI kernel
-``wsol_jax.kernels.newton_schulz_cpu``, one image per task (``config.scm.newton_schulz``).
-``tanhshrink`` is evaluated accurately (series for small arguments, where the
-official ``z − tanh z`` loses most of its float32 digits).
+The network is ``wsol_jax.models.scm_adb.ScmVisionTransformer`` (the TS-CAM ViT with the
+ADBs and their λ, β under ``params['scm']``); the blocks' math and its two implementations
+are documented there. Training: cross-entropy on GAP(S^K) of the diffused semantic maps.
+Inference drops the ADBs: maps are F⁰ ⊙ S⁰ for every class (``maps.scm_maps``).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, NamedTuple
+from typing import Any
 
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from wsol_jax import maps as maps_lib
-from wsol_jax.kernels import build, newton_schulz_cpu
 from wsol_jax.methods import base
 from wsol_jax.methods.tscam import TsCam
+from wsol_jax.models import scm_adb
 
-IMPLS = ("stencil", "dense")
-NEWTON_SCHULZ_IMPLS = build.KERNEL_IMPLS
-TIES = ("first", "split")
-PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "high": jax.lax.Precision.HIGH,
-              "default": jax.lax.Precision.DEFAULT}
-
-
-# ---- configuration --------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class ScmConfig:
@@ -73,13 +30,10 @@ class ScmConfig:
       paper's option is 4 everywhere). An int means the same for every block.
     alpha: Newton–Schulz initial scale (X₀ = α·Mᵀ).
     lambda_init, beta_init: initial λ (``fuse._loss_rate``) and β (``thred``).
-    impl: ``'stencil'`` (fast) or ``'dense'`` (literal dense matrices, reference).
-    newton_schulz: where the stencil block's dense Newton–Schulz steps (forward and VJP)
-      run: ``'xla'`` (XLA ops), ``'cpu_kernel'`` (``wsol_jax.kernels.newton_schulz_cpu``,
-      one image per task; the same recurrence within float32 rounding) or ``'auto'`` (the
-      kernel for float32 on a single-device CPU backend where it compiles, else XLA).
-    precision: matmul precision of the ADBs (``'highest'`` = float32 everywhere,
-      as the official float32 code; ``'default'`` allows TF32 on GPUs).
+    impl: ``'stencil'`` (fast, same numbers) or ``'dense'`` (the literal official
+      dense matrices, reference).
+    precision: matmul precision of the ADBs (``'highest'`` = float32 everywhere, as the
+      official float32 code; ``'default'`` allows TF32 on GPUs).
   """
   num_blocks: int = 4
   iterations: tuple[int, ...] = (16, 4, 4, 4)
@@ -88,7 +42,6 @@ class ScmConfig:
   beta_init: float = 0.5
   impl: str = "stencil"
   precision: str = "highest"
-  newton_schulz: str = "auto"
 
   def __post_init__(self):
     iters = self.iterations
@@ -97,467 +50,11 @@ class ScmConfig:
     if self.num_blocks < 1 or len(iters) != self.num_blocks or min(iters) < 1:
       raise ValueError(f"scm: need num_blocks >= 1 and one iteration count >= 1 per block, got "
                        f"num_blocks={self.num_blocks}, iterations={iters}")
-    if self.impl not in IMPLS:
-      raise ValueError(f"scm.impl must be one of {IMPLS}, got {self.impl!r}")
-    if self.newton_schulz not in NEWTON_SCHULZ_IMPLS:
-      raise ValueError(f"scm.newton_schulz must be one of {NEWTON_SCHULZ_IMPLS}, "
-                       f"got {self.newton_schulz!r}")
-    if self.precision not in PRECISIONS:
-      raise ValueError(f"scm.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict | None) -> ScmConfig:
-    """Reads ``config.scm`` (missing keys keep the official defaults)."""
-    section = config.get("scm", None) if config is not None else None
-    if not section:
-      return cls()
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = dict(section)
-    unknown = sorted(set(values) - fields)
-    if unknown:
-      raise ValueError(f"unknown scm config keys {unknown}; valid: {sorted(fields)}")
-    return cls(**values)
-
-  def init_params(self) -> dict[str, dict[str, jax.Array]]:
-    """``{'adb_i': {'lambda': (1,), 'beta': (1,)}}`` with the official initial values."""
-    return {f"adb_{i}": {"lambda": jnp.full((1,), self.lambda_init, jnp.float32),
-                         "beta": jnp.full((1,), self.beta_init, jnp.float32)}
-            for i in range(self.num_blocks)}
-
-
-# ---- graph constants ------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=16)
-def grid_adjacency(h: int, w: int) -> np.ndarray:
-  """4-neighbour adjacency of the h×w patch grid, (N, N) float32, N = h·w row-major."""
-  idx = np.arange(h * w).reshape(h, w)
-  adj = np.zeros((h * w, h * w), np.float32)
-  for a, b in ((idx[:, :-1], idx[:, 1:]), (idx[:-1], idx[1:])):
-    adj[a.ravel(), b.ravel()] = 1.0
-    adj[b.ravel(), a.ravel()] = 1.0
-  adj.setflags(write=False)
-  return adj
-
-
-@functools.lru_cache(maxsize=16)
-def grid_laplacian(h: int, w: int) -> np.ndarray:
-  """Λ = D − A of the h×w grid (D = in-degree = column sums), (N, N) float32."""
-  adj = grid_adjacency(h, w)
-  lap = np.diag(adj.sum(axis=0)) - adj
-  lap.setflags(write=False)
-  return lap
-
-
-@functools.lru_cache(maxsize=16)
-def grid_degree(h: int, w: int) -> np.ndarray:
-  """Neighbour count of every grid cell, (h, w) float32 (2 corners, 3 edges, 4 inside)."""
-  return grid_adjacency(h, w).sum(axis=0).reshape(h, w)
-
-
-# ---- reductions with torch's gradient routing ------------------------------------------------
-
-def _check_ties(ties: str) -> None:
-  if ties not in TIES:
-    raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
-
-
-def row_max(x: jax.Array, ties: str = "first") -> jax.Array:
-  """max over the last axis, keepdims. ``'first'``: the gradient goes to the first maximal
-  index (``torch.max(dim)``); ``'split'``: shared by ties (``jnp.max``)."""
-  _check_ties(ties)
-  if ties == "split":
-    return jnp.max(x, axis=-1, keepdims=True)
-  return jnp.take_along_axis(x, jnp.argmax(x, axis=-1, keepdims=True), axis=-1)
-
-
-def row_min(x: jax.Array, ties: str = "first") -> jax.Array:
-  """min over the last axis, keepdims (see ``row_max`` for ``ties``)."""
-  _check_ties(ties)
-  if ties == "split":
-    return jnp.min(x, axis=-1, keepdims=True)
-  return jnp.take_along_axis(x, jnp.argmin(x, axis=-1, keepdims=True), axis=-1)
-
-
-def norm_cam(x: jax.Array, ties: str = "first") -> jax.Array:
-  """Official ``norm_cam`` of (B, N) rows: x − min, then divided by its max (no eps)."""
-  x = x - row_min(x, ties)
-  return x / row_max(x, ties)
-
-
-# ---- filter and update ----------------------------------------------------------------------
-
-_TANHSHRINK_SERIES = (1 / 3, -2 / 15, 17 / 315, -62 / 2835, 1382 / 155925, -21844 / 6081075,
-                      929569 / 638512875, -6404582 / 10854718875, 443861162 / 1856156927625)
-_SERIES_LIMIT = 0.5
-
-
-@jax.custom_jvp
-def tanhshrink(z: jax.Array) -> jax.Array:
-  """z − tanh(z), accurate in float32 (Taylor series for |z| < 0.5, where the direct
-  difference cancels catastrophically); derivative tanh(z)²."""
-  small = jnp.abs(z) < _SERIES_LIMIT
-  zs = jnp.where(small, z, 0)
-  u = zs * zs
-  acc = jnp.asarray(_TANHSHRINK_SERIES[-1], z.dtype)
-  for c in reversed(_TANHSHRINK_SERIES[:-1]):
-    acc = acc * u + jnp.asarray(c, z.dtype)
-  return jnp.where(small, zs * u * acc, z - jnp.tanh(z))
-
-
-@tanhshrink.defjvp
-def _tanhshrink_jvp(primals, tangents):
-  (z,), (dz,) = primals, tangents
-  return tanhshrink(z), jnp.square(jnp.tanh(z)) * dz
-
-
-def dynamic_filter(f_tilde: jax.Array, f: jax.Array, beta: jax.Array, ties: str = "first"
-                   ) -> jax.Array:
-  """F̂ = norm_cam(tanhshrink(F̃ / (β · max F))): (B, N), (B, N), (1,) -> (B, N)."""
-  tau = beta * row_max(f, ties)
-  return norm_cam(tanhshrink(f_tilde / tau), ties)
-
-
-def residual_update(s: jax.Array, f: jax.Array, f_hat: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """S' = S + S ⊙ F̂, F' = F + F̂: (B, h, w, C), (B, N), (B, N) -> same shapes."""
-  b, h, w, _ = s.shape
-  return s + s * f_hat.reshape(b, h, w, 1), f + f_hat
-
-
-# ---- dense (literal) block --------------------------------------------------------------------
-
-def cosine_similarity(tokens: jax.Array, precision: Any = None) -> jax.Array:
-  """E_pq = ⟨t_p, t_q⟩ / (‖t_p‖ ‖t_q‖) (no eps): (B, N, C) -> (B, N, N)."""
-  dot = jnp.einsum("bic,bjc->bij", tokens, tokens, precision=precision)
-  norm = jnp.sqrt(jnp.sum(tokens * tokens, axis=-1))
-  return dot / (norm[:, :, None] * norm[:, None, :])
-
-
-def laplacian_weights(lap: jax.Array, sim: jax.Array, lam: jax.Array) -> jax.Array:
-  """M = Λ ⊙ (λE − 1): (N, N), (B, N, N), (1,) -> (B, N, N)."""
-  return lap * (lam * sim - 1)
-
-
-def newton_schulz(m: jax.Array, iterations: int, alpha: float, precision: Any = None) -> jax.Array:
-  """Official ``inverse_schulz``: X₀ = α·Mᵀ (no gradient), X_{k+1} = X_k (2I − M X_k).
-
-  Args:
-    m: (..., N, N) matrices.
-  Returns:
-    X_K, (..., N, N) (NOT M⁻¹ for the official α and K).
-  """
-  eye = jnp.eye(m.shape[-1], dtype=m.dtype)
-  x = jax.lax.stop_gradient(alpha * jnp.swapaxes(m, -1, -2))
-  for _ in range(iterations):
-    x = jnp.matmul(x, 2 * eye - jnp.matmul(m, x, precision=precision), precision=precision)
-  return x
-
-
-def dense_propagation(s: jax.Array, lam: jax.Array, iterations: int, alpha: float,
-                      precision: Any = None) -> jax.Array:
-  """``Fuse.forward``: P = X_Kᵀ from the semantic maps, (B, h, w, C) -> (B, N, N)."""
-  b, h, w, c = s.shape
-  lap = jnp.asarray(grid_laplacian(h, w), s.dtype)
-  m = laplacian_weights(lap, cosine_similarity(s.reshape(b, h * w, c), precision), lam)
-  return jnp.swapaxes(newton_schulz(m, iterations, alpha, precision), -1, -2)
-
-
-# ---- stencil (fast) block ---------------------------------------------------------------------
-
-def use_newton_schulz_kernel(impl: str) -> bool:
-  """Whether ``scm.newton_schulz=impl`` runs the CPU kernel here (raises if it must and cannot)."""
-  return build.use_kernel("scm.newton_schulz", impl, newton_schulz_cpu)
-
-
-class Stencil(NamedTuple):
-  """A symmetric matrix supported on the grid's 5-point stencil.
-
-  ``center`` (B, h, w) is the diagonal; ``right`` (B, h, w−1) couples cell (i, j) with
-  (i, j+1) and ``down`` (B, h−1, w) couples (i, j) with (i+1, j), both ways.
-  """
-  center: jax.Array
-  right: jax.Array
-  down: jax.Array
-
-
-def stencil_similarity(s: jax.Array) -> Stencil:
-  """The stencil entries of the cosine similarity E, (B, h, w, C) -> Stencil."""
-  sq = jnp.sum(s * s, axis=-1)
-  norm = jnp.sqrt(sq)
-
-  def cos(a, b, na, nb):
-    return jnp.sum(a * b, axis=-1) / (na * nb)
-  return Stencil(sq / (norm * norm),
-                 cos(s[:, :, :-1], s[:, :, 1:], norm[:, :, :-1], norm[:, :, 1:]),
-                 cos(s[:, :-1], s[:, 1:], norm[:, :-1], norm[:, 1:]))
-
-
-def stencil_weights(sim: Stencil, lam: jax.Array) -> Stencil:
-  """M = Λ ⊙ (λE − 1) on the stencil (Λ: degree on the diagonal, −1 off it)."""
-  h, w = sim.center.shape[-2:]
-  deg = jnp.asarray(grid_degree(h, w), sim.center.dtype)
-  return Stencil(deg * (lam * sim.center - 1), -(lam * sim.right - 1), -(lam * sim.down - 1))
-
-
-def stencil_scale(m: Stencil, factor: float) -> Stencil:
-  return Stencil(*(factor * a for a in m))
-
-
-def _neighbours(g: jax.Array) -> tuple[jax.Array, ...]:
-  """(B, h, w, K) -> the values at each cell, its right, left, lower and upper neighbour
-  (zeros outside the grid)."""
-  e = jnp.pad(g, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  return g, e[:, 1:-1, 2:], e[:, 1:-1, :-2], e[:, 2:, 1:-1], e[:, :-2, 1:-1]
-
-
-def _coefficients(m: Stencil) -> tuple[jax.Array, ...]:
-  """The five (B, h, w) coefficient planes matching ``_neighbours``."""
-  pad = functools.partial(jnp.pad, mode="constant")
-  return (m.center, pad(m.right, ((0, 0), (0, 0), (0, 1))), pad(m.right, ((0, 0), (0, 0), (1, 0))),
-          pad(m.down, ((0, 0), (0, 1), (0, 0))), pad(m.down, ((0, 0), (1, 0), (0, 0))))
-
-
-def _planes(m: Stencil) -> jax.Array:
-  """The five coefficient planes of ``_coefficients`` as (B, 5, N) (the kernel's layout)."""
-  return jnp.stack(_coefficients(m), axis=1).reshape(m.center.shape[0], 5, -1)
-
-
-def _stencil_of_planes(planes: jax.Array, like: Stencil) -> Stencil:
-  """Coefficient cotangents (B, 5, N) per plane -> the Stencil's (both ends of each edge)."""
-  h, w = like.center.shape[-2:]
-  c, right, left, down, up = (planes[:, i].reshape(-1, h, w) for i in range(5))
-  return Stencil(c, right[:, :, :-1] + left[:, :, 1:], down[:, :-1] + up[:, 1:])
-
-
-def stencil_apply(m: Stencil, x: jax.Array) -> jax.Array:
-  """M @ x for a stencil matrix: (B, N, K) -> (B, N, K) in O(N·K)."""
-  b, n, k = x.shape
-  h, w = m.center.shape[-2:]
-  terms = zip(_coefficients(m), _neighbours(x.reshape(b, h, w, k)))
-  return sum(c[..., None] * v for c, v in terms).reshape(b, n, k)
-
-
-def stencil_dense(m: Stencil) -> jax.Array:
-  """The (B, N, N) matrix of a stencil."""
-  b = m.center.shape[0]
-  n = m.center.shape[-1] * m.center.shape[-2]
-  return stencil_apply(m, jnp.broadcast_to(jnp.eye(n, dtype=m.center.dtype), (b, n, n)))
-
-
-def _coeff_grad(x: jax.Array, ct: jax.Array, like: Stencil) -> Stencil:
-  """Cotangent of the coefficients of ``stencil_apply(m, x)`` for the output cotangent ``ct``.
-
-  (B, N, K) each -> Stencil: Σ_k ct[p,k]·x[q,k] summed over both (p, q) of every edge.
-  """
-  b, _, k = x.shape
-  h, w = like.center.shape[-2:]
-  ct = ct.reshape(b, h, w, k)
-  c, right, left, down, up = (jnp.sum(ct * v, axis=-1) for v in _neighbours(x.reshape(b, h, w, k)))
-  return Stencil(c, right[:, :, :-1] + left[:, :, 1:], down[:, :-1] + up[:, 1:])
-
-
-def _stencil_add(a: Stencil, b: Stencil, sign: float = 1.0) -> Stencil:
-  return Stencil(*(u + sign * v for u, v in zip(a, b)))
-
-
-def _ns_stencil_forward(m: Stencil, iterations: int, alpha: float, precision: Any,
-                        kernel: bool = False) -> tuple[Stencil, tuple[jax.Array, ...]]:
-  """X₀ = α·Mᵀ (a constant stencil; Mᵀ = M) and the dense iterates X_1..X_{K−1}, each (B, N, N).
-
-  X_K itself is never needed as a matrix: X_Kᵀ v = Y_{K−1}ᵀ X_{K−1}ᵀ v is two products
-  with vectors (``_apply_last``). The iterations are unrolled (K is static and small): a
-  ``lax.scan`` would zero-fill and copy a stacked (K−1, B, N, N) buffer every step.
-  ``kernel``: the iterates come from ``newton_schulz_cpu`` (not differentiable itself; used
-  inside ``stencil_diffuse``'s custom VJP).
-  """
-  x0 = jax.tree_util.tree_map(jax.lax.stop_gradient, stencil_scale(m, alpha))
-  if iterations == 1:
-    return x0, ()
-  if kernel:
-    h, w = m.center.shape[-2:]
-    return x0, newton_schulz_cpu.forward(_planes(m), _planes(x0), h, w, iterations)
-  n = m.center.shape[-1] * m.center.shape[-2]
-  eye = jnp.eye(n, dtype=m.center.dtype)
-  xs = [stencil_apply(x0, 2 * eye - stencil_apply(m, stencil_dense(x0)))]  # X₀ (2I − M X₀)
-  for _ in range(iterations - 2):
-    xs.append(jnp.matmul(xs[-1], 2 * eye - stencil_apply(m, xs[-1]), precision=precision))
-  return x0, tuple(xs)
-
-
-def _apply_x(x0: Stencil, xs: tuple[jax.Array, ...], k: int, v: jax.Array, transpose: bool,
-             precision: Any) -> jax.Array:
-  """X_k v or X_kᵀ v for v (B, N, r) (X₀ is the symmetric stencil α·M)."""
-  if k == 0:
-    return stencil_apply(x0, v)
-  x = jnp.swapaxes(xs[k - 1], -1, -2) if transpose else xs[k - 1]
-  return jnp.matmul(x, v, precision=precision)
-
-
-def _apply_last(m: Stencil, x0: Stencil, xs: tuple[jax.Array, ...], v: jax.Array, transpose: bool,
-                precision: Any) -> jax.Array:
-  """X_K v or X_Kᵀ v with X_K = X_{K−1} Y_{K−1}, Y_{K−1} = 2I − M X_{K−1} (Mᵀ = M)."""
-  k = len(xs)
-  if transpose:  # Y_{K−1}ᵀ (X_{K−1}ᵀ v) = 2a − X_{K−1}ᵀ M a
-    a = _apply_x(x0, xs, k, v, True, precision)
-    return 2 * a - _apply_x(x0, xs, k, stencil_apply(m, a), True, precision)
-  a = _apply_x(x0, xs, k, v, False, precision)  # X_{K−1} (2v − M X_{K−1} v)
-  return _apply_x(x0, xs, k, 2 * v - stencil_apply(m, a), False, precision)
-
-
-def stencil_newton_schulz(m: Stencil, iterations: int, alpha: float, precision: Any = None
-                          ) -> jax.Array:
-  """``newton_schulz`` of a stencil matrix: X_K, (B, N, N)."""
-  x0, xs = _ns_stencil_forward(m, iterations, alpha, precision)
-  n = m.center.shape[-1] * m.center.shape[-2]
-  eye = jnp.broadcast_to(jnp.eye(n, dtype=m.center.dtype), (m.center.shape[0], n, n))
-  return _apply_last(m, x0, xs, eye, False, precision)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def stencil_diffuse(m: Stencil, f: jax.Array, iterations: int, alpha: float, precision: Any = None,
-                    kernel: bool = False) -> jax.Array:
-  """F̃ = X_Kᵀ F with X_K the Newton–Schulz iterate of M: Stencil, (B, N) -> (B, N).
-
-  ``kernel``: the dense steps (forward and VJP) run in ``newton_schulz_cpu`` (float32, CPU).
-  """
-  return _diffuse_fwd(m, f, iterations, alpha, precision, kernel)[0]
-
-
-def _diffuse_fwd(m, f, iterations, alpha, precision, kernel):
-  x0, xs = _ns_stencil_forward(m, iterations, alpha, precision, kernel)
-  f_tilde = _apply_last(m, x0, xs, f[..., None], True, precision)[..., 0]
-  return f_tilde, (m, f, x0, xs)
-
-
-def _low_rank_steps(m: Stencil, x0: Stencil, xs: tuple[jax.Array, ...], u: jax.Array, v: jax.Array,
-                    precision: Any) -> tuple[int, jax.Array, jax.Array, Stencil]:
-  """Backward steps K−1, K−2, ... while ∂L/∂X_{k+1} = U Vᵀ has rank r ≤ N/2.
-
-  Returns (k, U, V, M̄): k is the first step not yet done (−1 when all are done).
-  """
-  n = u.shape[-2]
-  grad_m = jax.tree_util.tree_map(jnp.zeros_like, m)
-  k = len(xs)
-  while k >= 0 and 2 * u.shape[-1] <= n:
-    a = _apply_x(x0, xs, k, u, True, precision)                # Xᵀ U
-    wv = _apply_x(x0, xs, k, v, False, precision)              # X V
-    grad_m = _stencil_add(grad_m, _coeff_grad(wv, a, m), -1.0)  # M̄ −= (Xᵀ U)(X V)ᵀ
-    if k > 0:  # X₀ is constant: step 0 only feeds M̄
-      u = jnp.concatenate([u, -stencil_apply(m, a)], axis=-1)
-      v = jnp.concatenate([2 * v - stencil_apply(m, wv), v], axis=-1)
-    k -= 1
-  return k, u, v, grad_m
-
-
-def _dense_steps(m: Stencil, xs: tuple[jax.Array, ...], g: jax.Array, grad_m: Stencil, last: int,
-                 precision: Any) -> tuple[jax.Array, Stencil]:
-  """Backward steps ``last``, ..., 1 with a dense ∂L/∂X_{k+1} (unrolled over X_last..X_1)."""
-  eye = jnp.eye(g.shape[-1], dtype=g.dtype)
-  mm = functools.partial(jnp.matmul, precision=precision)
-  for x in reversed(xs[:last]):
-    y_bar = mm(jnp.swapaxes(x, -1, -2), g)                   # Ȳ = Xᵀ Ḡ
-    y = 2 * eye - stencil_apply(m, x)
-    grad_m = _stencil_add(grad_m, _coeff_grad(x, y_bar, m), -1.0)  # M̄ −= Ȳ Xᵀ
-    g = mm(g, jnp.swapaxes(y, -1, -2)) - stencil_apply(m, y_bar)
-  return g, grad_m
-
-
-def _diffuse_bwd(iterations, alpha, precision, kernel, res, g):
-  """VJP of X_{k+1} = X_k Y_k, Y_k = 2I − M X_k, from the rank-1 cotangent ∂L/∂X_K = F gᵀ.
-
-  With Ḡ = ∂L/∂X_{k+1}: Ȳ = X_kᵀ Ḡ, ∂L/∂X_k = Ḡ Y_kᵀ − Mᵀ Ȳ, M̄ −= Ȳ X_kᵀ (stencil entries).
-  While Ḡ = U Vᵀ has rank r ≤ N/2 it stays factored, ∂L/∂X_k = [U, −M Xᵀ U][Y_k V, V]ᵀ,
-  so the last steps cost O(N² r) instead of O(N³) (M, X_k, Y_k are symmetric).
-  """
-  del iterations, alpha
-  m, f, x0, xs = res
-  grad_f = _apply_last(m, x0, xs, g[..., None], False, precision)[..., 0]  # X_K g
-  k, u, v, grad_m = _low_rank_steps(m, x0, xs, f[..., None], g[..., None], precision)
-  if k < 0:
-    return grad_m, grad_f
-  dense = jnp.matmul(u, jnp.swapaxes(v, -1, -2), precision=precision)
-  if kernel:  # steps k..1 and step 0 in one FFI call, which returns −Σ Ȳ ⊙ X per plane
-    h, w = m.center.shape[-2:]
-    planes = newton_schulz_cpu.backward(_planes(m), _planes(x0), xs[:k], dense, h, w)
-    return _stencil_add(grad_m, _stencil_of_planes(planes, m)), grad_f
-  dense, grad_m = _dense_steps(m, xs, dense, grad_m, k, precision)
-  y_bar = stencil_apply(x0, dense)                            # step 0: X₀ᵀ Ḡ
-  return _stencil_add(grad_m, _coeff_grad(stencil_dense(x0), y_bar, m), -1.0), grad_f
-
-
-stencil_diffuse.defvjp(_diffuse_fwd, _diffuse_bwd)
-
-
-# ---- blocks --------------------------------------------------------------------------------
-
-def adb(s: jax.Array, f: jax.Array, lam: jax.Array, beta: jax.Array, iterations: int,
-        alpha: float, *, impl: str = "stencil", precision: Any = None, ties: str = "first",
-        return_propagation: bool = False, kernel: bool = False) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-  """One Activation Diffusion Block.
-
-  Args:
-    s: semantic maps S, (B, h, w, C).
-    f: activation F, (B, N) with N = h·w row-major.
-    lam, beta: the block's λ and β, (1,).
-    return_propagation: also return P = X_Kᵀ (B, N, N) in the aux dict (``'P'``).
-    kernel: the stencil block's dense Newton–Schulz steps run in ``newton_schulz_cpu``.
-  Returns:
-    (S', F', aux) with aux ``{'F_hat': (B, N)}`` (+ ``'P'``).
-  """
-  aux = {}
-  if impl == "dense":
-    p = dense_propagation(s, lam, iterations, alpha, precision)
-    f_tilde = jnp.einsum("bpq,bq->bp", p, f, precision=precision)
-    if return_propagation:
-      aux["P"] = p
-  elif impl == "stencil":
-    m = stencil_weights(stencil_similarity(s), lam)
-    f_tilde = stencil_diffuse(m, f, iterations, alpha, precision, kernel)
-    if return_propagation:
-      aux["P"] = jnp.swapaxes(stencil_newton_schulz(m, iterations, alpha, precision), -1, -2)
-  else:
-    raise ValueError(f"unknown ADB impl {impl!r}; valid: {IMPLS}")
-  f_hat = dynamic_filter(f_tilde, f, beta, ties)
-  s, f = residual_update(s, f, f_hat)
-  aux["F_hat"] = f_hat
-  return s, f, aux
-
-
-def attention_activation(attn_cls: jax.Array, ties: str = "first") -> jax.Array:
-  """F⁰ = norm_cam(Σ_l mean_h A_l[cls, patches]): (L, B, H, N+1) -> (B, N)."""
-  return norm_cam(maps_lib.attention_sum(attn_cls), ties)
-
-
-def run_adbs(s: jax.Array, f: jax.Array, params: dict[str, Any], cfg: ScmConfig, *,
-             ties: str = "first", trace: bool = False
-             ) -> tuple[jax.Array, jax.Array, dict[str, list[jax.Array]]]:
-  """All ADBs: (S⁰ (B,h,w,C), F⁰ (B,N)) -> (S^K, F^K, trace).
-
-  ``trace`` (static) collects every block's S, F, F̂ and P in lists (tests/inspection).
-  """
-  precision = PRECISIONS[cfg.precision]
-  # The kernel is float32; 'auto' keeps XLA's ops for other dtypes (e.g. a float64 check).
-  kernel = (cfg.impl == "stencil" and use_newton_schulz_kernel(cfg.newton_schulz)
-            and (s.dtype == jnp.float32 or cfg.newton_schulz == "cpu_kernel"))
-  out = {"S": [], "F": [], "F_hat": [], "P": []}
-  for i, iterations in enumerate(cfg.iterations):
-    block = params[f"adb_{i}"]
-    s, f, aux = adb(s, f, block["lambda"], block["beta"], iterations, cfg.alpha, impl=cfg.impl,
-                    precision=precision, ties=ties, return_propagation=trace, kernel=kernel)
-    if trace:
-      out["S"].append(s)
-      out["F"].append(f)
-      out["F_hat"].append(aux["F_hat"])
-      out["P"].append(aux["P"])
-  return s, f, out
-
-
-# ---- the method ----------------------------------------------------------------------------
-
-def split_variables(variables: base.Variables) -> tuple[base.Variables, dict[str, Any] | None]:
-  """(backbone variables without ``params['scm']``, the ADB parameters or None)."""
-  params = dict(variables["params"])
-  scm = params.pop("scm", None)
-  return {**variables, "params": params}, scm
+    if self.impl not in scm_adb.IMPLS:
+      raise ValueError(f"scm.impl must be one of {scm_adb.IMPLS}, got {self.impl!r}")
+    if self.precision not in scm_adb.PRECISIONS:
+      raise ValueError(f"scm.precision must be one of {sorted(scm_adb.PRECISIONS)}, "
+                       f"got {self.precision!r}")
 
 
 class Scm(TsCam):
@@ -566,32 +63,26 @@ class Scm(TsCam):
   map_kinds = ("scm",)
   maps_all_classes = True
   upsample = "bilinear"
+  config_section = ("scm", ScmConfig)
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    self.scm_config = ScmConfig.from_config(config)
-    super().__init__(config)
-
-  def init_fresh(self, rng: jax.Array) -> base.Variables:
-    variables = super().init_fresh(rng)
-    params = dict(variables["params"])
-    params["scm"] = self.scm_config.init_params()
-    return {**variables, "params": params}
+  def build_model(self) -> nn.Module:
+    cfg = self.section_config
+    return self._build("scm", adb_iterations=cfg.iterations, adb_alpha=cfg.alpha,
+                       adb_lambda_init=cfg.lambda_init, adb_beta_init=cfg.beta_init,
+                       adb_impl=cfg.impl, adb_precision=cfg.precision)
 
   def train_forward(self, variables: base.Variables, images: jax.Array, rng: jax.Array | None,
                     *, train: bool = True, ties: str = "first", trace: bool = False
                     ) -> tuple[jax.Array, dict[str, Any]]:
-    """Training-graph logits GAP(S^K) (B, C) and ``{'S0', 'F0'}`` (+ ``run_adbs``'s trace)."""
-    backbone, scm = split_variables(variables)
-    if scm is None:
+    """Training-graph logits GAP(S^K) (B, C) and ``{'S0', 'F0'}`` (+ every block's S, F,
+    F̂, P with ``trace``)."""
+    if "scm" not in variables["params"]:
       raise ValueError("SCM training needs params['scm'] (the ADBs' lambda/beta): build the "
                        "variables with Scm.init, or convert the checkpoint with --method scm")
-    _, attn_cls, semantic = self.semantic_and_attention(backbone, images, train=train, rng=rng)
-    dtype = jnp.promote_types(semantic.dtype, jnp.float32)  # the ADBs run in (at least) float32
-    semantic, attn_cls = semantic.astype(dtype), attn_cls.astype(dtype)
-    f0 = attention_activation(attn_cls, ties)
-    s, _, out = run_adbs(semantic, f0, scm, self.scm_config, ties=ties, trace=trace)
-    out.update(S0=semantic, F0=f0)
-    return jnp.mean(s, axis=(1, 2)), out
+    rngs = {"dropout": rng} if train else None
+    logits, aux = self.model.apply(variables, images, train=train, rngs=rngs, diffuse=True,
+                                   ties=ties, trace=trace)
+    return logits, aux["adb"]
 
   def loss(self, variables, batch, rng):
     logits, _ = self.train_forward(variables, batch["image"], rng)
@@ -601,20 +92,13 @@ class Scm(TsCam):
       metrics[f"{name}/beta"] = block["beta"][0]
     return loss, {"metrics": metrics, "model_state": {}}
 
-  def predict(self, variables, images):
-    return self.model.apply(split_variables(variables)[0], images)[0]
-
   def maps(self, variables, images, targets=None, kind=None):
-    logits, attn_cls, semantic = self.semantic_and_attention(split_variables(variables)[0], images)
+    self.check_kind(kind)
+    logits, attn_cls, semantic = self.semantic_and_attention(variables, images)
     return maps_lib.scm_maps(attn_cls, semantic), logits
 
   def param_labels(self, params):
     return base.timm_decay_labels(params)  # λ, β are 1-D: 'no_decay' (timm rule, as official)
 
 
-__all__ = ["ScmConfig", "Scm", "Stencil", "adb", "attention_activation", "cosine_similarity",
-           "dense_propagation", "dynamic_filter", "grid_adjacency", "grid_laplacian",
-           "laplacian_weights", "newton_schulz", "norm_cam", "residual_update", "row_max",
-           "row_min", "run_adbs", "stencil_apply", "stencil_dense", "stencil_diffuse",
-           "stencil_newton_schulz", "stencil_similarity", "stencil_weights", "tanhshrink",
-           "use_newton_schulz_kernel"]
+__all__ = ["Scm", "ScmConfig"]

@@ -20,15 +20,15 @@ class TsCam(base.Method):
   maps_all_classes = True
   upsample = "bilinear"
   eval_protocols = ("tscam", "scm")
+  drop_path_rate = 0.1  # TS-CAM/SCM argparse default
 
   def build_model(self) -> nn.Module:
-    return self._build(head="conv3x3")
+    return self._build("vit")
 
-  def _build(self, **kwargs: Any) -> nn.Module:
-    from wsol_jax.models import registry
-    kwargs.setdefault("drop_path_rate", float(self.config.model.get("drop_path_rate", 0.1)))
-    kwargs.setdefault("img_size", self.image_size)
-    return registry.build_from_kwargs("vit", self.model_kwargs(**kwargs))
+  def _build(self, family: str, **kwargs: Any) -> nn.Module:
+    kwargs = dict(head="conv3x3", drop_path_rate=self.drop_path, img_size=self.image_size,
+                  **kwargs)
+    return self.build(family, self.model_kwargs(family, **kwargs))
 
   def loss(self, variables, batch, rng):
     logits, _ = self.model.apply(variables, batch["image"], train=True, rngs={"dropout": rng})
@@ -36,8 +36,9 @@ class TsCam(base.Method):
     return loss, {"metrics": metrics, "model_state": {}}
 
   def maps(self, variables, images, targets=None, kind=None):
-    logits, aux = self.model.apply(variables, images, capture=("attn_cls", "semantic"))
-    return maps_lib.tscam_maps(aux["attn_cls"], aux["semantic"]), logits
+    self.check_kind(kind)
+    logits, attn_cls, semantic = self.semantic_and_attention(variables, images)
+    return maps_lib.tscam_maps(attn_cls, semantic), logits
 
   def semantic_and_attention(self, variables: base.Variables, images: jax.Array,
                              train: bool = False, rng: jax.Array | None = None):

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -20,18 +20,20 @@ HEAD_TYPES = ("linear", "conv3x3", "none")
 
 
 def linear_head(pooled: jax.Array, num_classes: int, dtype: Any = jnp.float32,
-                name: str = "head") -> jax.Array:
+                name: str = "head", dot_general: Callable[..., jax.Array] | None = None
+                ) -> jax.Array:
   """(B, D) -> logits (B, C) with timm's init (trunc-normal .02 weight, zero bias)."""
   return nn.Dense(num_classes, dtype=dtype, kernel_init=layers.trunc_normal_init(0.02),
-                  bias_init=nn.initializers.zeros, name=name)(pooled)
+                  bias_init=nn.initializers.zeros, name=name, dot_general=dot_general)(pooled)
 
 
 def conv3x3_semantic_head(grid: jax.Array, num_classes: int, dtype: Any = jnp.float32,
-                          name: str = "head") -> jax.Array:
+                          name: str = "head",
+                          dot_general: Callable[..., jax.Array] | None = None) -> jax.Array:
   """(B, h, w, D) patch grid -> semantic maps (B, h, w, C) (3×3 conv, stride 1, padding 1)."""
   fan_in = 9 * grid.shape[-1]
   return layers.Conv3x3(num_classes, layers.torch_uniform_init(fan_in),
-                        layers.torch_uniform_init(fan_in), dtype, name=name)(grid)
+                        layers.torch_uniform_init(fan_in), dtype, dot_general, name=name)(grid)
 
 
 def class_map_head(features: jax.Array, num_classes: int, dtype: Any = jnp.float32,

@@ -7,21 +7,17 @@
   U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias (kaiming-uniform, a=sqrt(5)).
 * ``trunc_normal_init``: timm's ``trunc_normal_(std=.02)`` (truncated at ±2 absolute).
 
-And two convolutions written as one matmul each (XLA:CPU runs them 1.7-1.8× faster so,
-fwd+bwd at DeiT-S shapes), with ``nn.Conv``'s parameters (HWIO ``kernel``, ``bias``):
+And two convolutions written as one matmul each (XLA:CPU's convolutions were the slower
+lowering, ``benchmarks/README.md``), with ``nn.Conv``'s parameters (HWIO ``kernel``, ``bias``):
 
 * ``PatchConv``: a p×p convolution with stride p (ViT patch embedding);
 * ``Conv3x3``: a 3×3 convolution, stride 1, zero padding 1 (im2col).
 
-Their matmuls, and the ViT's ``nn.Dense`` layers (``dense_dot_general``), go through
-``matmul``: on the CPU backend its VJP computes the weight gradient as xᵀ·g with x on the
-left. Autodiff's transpose rule writes (gᵀ·x)ᵀ, which XLA:CPU lowers with a transposing
-copy of g (the larger operand for qkv and fc1) before every weight-gradient dot: 48
-copies of up to 39 MB per DeiT-S train step at batch 32.
+Their product goes through an injectable ``dot_general`` (``lax.dot_general`` by
+default), as ``nn.Dense``'s does.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -99,43 +95,11 @@ class BatchNorm(nn.Module):
     return ((x - mean.astype(x.dtype)) * inv.astype(x.dtype) + bias.astype(x.dtype)).astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _matmul_xt_g(x: jax.Array, w: jax.Array, precision: Any = None) -> jax.Array:
-  return jnp.matmul(x, w, precision=precision)
-
-
-def _matmul_fwd(x, w, precision):
-  return jnp.matmul(x, w, precision=precision), (x, w)
-
-
-def _matmul_bwd(precision, residuals, g):
-  x, w = residuals
-  dx = lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), precision=precision)
-  # dW = xᵀ·g over all leading dimensions, x on the left (no transposing copy of g).
-  x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-  dw = lax.dot_general(x2, g2, (((0,), (0,)), ((), ())), precision=precision)
-  return dx, dw
-
-
-_matmul_xt_g.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-def matmul(x: jax.Array, w: jax.Array, precision: Any = None) -> jax.Array:
-  """``x (..., K) @ w (K, M)``; on the CPU backend with the weight-gradient VJP described
-  in the module docstring (same arithmetic; reverse mode only there), elsewhere plain."""
-  if jax.default_backend() != "cpu":
-    return jnp.matmul(x, w, precision=precision)
-  return _matmul_xt_g(x, w, precision)
-
-
-def dense_dot_general(x: jax.Array, w: jax.Array, dimension_numbers, precision: Any = None,
-                      preferred_element_type: Any = None) -> jax.Array:
-  """``nn.Dense(dot_general=...)``: its (..., K)·(K, M) product through ``matmul``."""
-  plain = dimension_numbers != (((x.ndim - 1,), (0,)), ((), ()))
-  if plain or preferred_element_type is not None:
-    return lax.dot_general(x, w, dimension_numbers, precision=precision,
-                           preferred_element_type=preferred_element_type)
-  return matmul(x, w, precision)
+def matmul(x: jax.Array, w: jax.Array, dot_general: Callable[..., jax.Array] | None = None
+           ) -> jax.Array:
+  """``x (..., K) @ w (K, M)`` through ``dot_general`` (default ``lax.dot_general``)."""
+  dot = lax.dot_general if dot_general is None else dot_general
+  return dot(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
 
 class PatchConv(nn.Module):
@@ -143,6 +107,7 @@ class PatchConv(nn.Module):
   features: int
   patch_size: int
   dtype: Any = jnp.float32
+  dot_general: Callable[..., jax.Array] | None = None
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
@@ -154,7 +119,7 @@ class PatchConv(nn.Module):
     x = images.astype(self.dtype).reshape(b, hh // p, p, ww // p, p, c)
     x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, hh // p, ww // p, p * p * c)
     w = kernel.reshape(p * p * c, self.features).astype(self.dtype)
-    return matmul(x, w) + bias.astype(self.dtype)
+    return matmul(x, w, self.dot_general) + bias.astype(self.dtype)
 
 
 class Conv3x3(nn.Module):
@@ -163,6 +128,7 @@ class Conv3x3(nn.Module):
   kernel_init: Callable[..., jax.Array]
   bias_init: Callable[..., jax.Array]
   dtype: Any = jnp.float32
+  dot_general: Callable[..., jax.Array] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -173,4 +139,4 @@ class Conv3x3(nn.Module):
     # Column (i·3 + j)·C + c holds x[y + i - 1, x + j - 1, c]: the HWIO kernel's row order.
     cols = jnp.concatenate([x[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=-1)
     w = kernel.reshape(9 * c, self.features).astype(self.dtype)
-    return matmul(cols, w) + bias.astype(self.dtype)
+    return matmul(cols, w, self.dot_general) + bias.astype(self.dtype)

@@ -21,40 +21,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 BRANCHES = ("random", "importance", "drop")
-
-
-@dataclasses.dataclass(frozen=True)
-class PadlConfig:
-  """p-ADL settings (``config.padl``); the defaults are the official ``config.py``'s.
-
-  Attributes:
-    enabled: insert p-ADL in every block (False: the plain DeiT baseline).
-    drop_rate: probability of the drop-mask branch (``adl_drop_rate``).
-    gamma: drop threshold ratio to the maximum (``adl_threshold``).
-    per_example: one Bernoulli draw per image instead of one per batch (not official).
-  """
-  enabled: bool = True
-  drop_rate: float = 0.75
-  gamma: float = 0.9
-  per_example: bool = False
-
-  def __post_init__(self):
-    if not 0.0 <= self.drop_rate <= 1.0:
-      raise ValueError(f"padl.drop_rate must be in [0, 1], got {self.drop_rate}")
-    if not 0.0 <= self.gamma <= 1.0:
-      raise ValueError(f"padl.gamma must be in [0, 1], got {self.gamma}")
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict | None) -> PadlConfig:
-    """Reads ``config.padl`` (missing keys keep the official defaults)."""
-    section = config.get("padl", None) if config is not None else None
-    if not section:
-      return cls()
-    fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in dict(section).items() if k in fields})
 
 
 def mean_embedding(x: jax.Array) -> jax.Array:
@@ -106,7 +74,9 @@ class PAdl(nn.Module):
   """p-ADL as a ``VisionTransformer.post_block``: ``PAdl(...)(x, train=...)``.
 
   Attributes:
-    drop_rate, gamma, per_example: see ``PadlConfig``.
+    drop_rate: probability of the drop-mask branch (``adl_drop_rate``).
+    gamma: drop threshold ratio to the maximum (``adl_threshold``).
+    per_example: one Bernoulli draw per image instead of one per batch (not official).
     branch: ``'random'`` (training behaviour), or force ``'importance'``/``'drop'``
       (tests and ablations; no random draw).
   """
@@ -128,13 +98,8 @@ class PAdl(nn.Module):
     return apply_branch(x, jnp.float32(self.branch == "drop"), self.gamma)
 
 
-def post_block_factory(cfg: PadlConfig, **overrides: Any) -> Any:
-  """The ``post_block`` factory of ``cfg`` (None when p-ADL is disabled)."""
-  if not cfg.enabled:
-    return None
-  kwargs = dict(drop_rate=float(cfg.drop_rate), gamma=float(cfg.gamma),
-                per_example=bool(cfg.per_example))
-  kwargs.update(overrides)
+def post_block_factory(**kwargs: Any) -> Any:
+  """A ``VisionTransformer.post_block`` factory: ``factory(name='post') -> PAdl(**kwargs)``."""
   return _Factory(kwargs)
 
 
@@ -150,5 +115,5 @@ class _Factory:
     return PAdl(**dict(self.kwargs_items), name=name)
 
 
-__all__ = ["BRANCHES", "PAdl", "PadlConfig", "apply_branch", "branch_indicator", "drop_mask", "importance_map",
+__all__ = ["BRANCHES", "PAdl", "apply_branch", "branch_indicator", "drop_mask", "importance_map",
            "mean_embedding", "padl", "post_block_factory"]

@@ -16,12 +16,13 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from wsol_jax.models import registry
 
@@ -82,6 +83,47 @@ def load_pretrained(model_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[
   except Exception as e:  # orbax raises many types for damaged files
     raise ValueError(f"cannot read the Orbax checkpoint in {var_dir}: {e}") from e
   return jax.tree_util.tree_map(np.asarray, variables), meta
+
+
+class WeightsMismatch(ValueError):
+  """Weights do not fit a model; the message lists every missing, unexpected and mis-shaped key."""
+
+  def __init__(self, missing: Sequence[tuple[str, tuple[int, ...]]],
+               unexpected: Sequence[tuple[str, tuple[int, ...]]],
+               mismatched: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]],
+               what: str = "the weights do not fit the model", hint: str = ""):
+    self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
+    lines = [f"{what}:"]
+    lines += [f"  missing    {k} {s}" for k, s in self.missing]
+    lines += [f"  unexpected {k} {s}" for k, s in self.unexpected]
+    lines += [f"  shape      {k}: checkpoint {a} vs model {b}" for k, a, b in self.mismatched]
+    if hint:
+      lines.append(hint)
+    super().__init__("\n".join(lines))
+
+
+def shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """``'a/b/c' -> shape`` of every leaf of a nested dict of arrays (or ShapeDtypeStructs)."""
+  return {"/".join(map(str, k)): tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(
+      dict(tree)).items()}
+
+
+def compare(got: Mapping[str, tuple[int, ...]], want: Mapping[str, tuple[int, ...]]
+            ) -> tuple[list, list, list]:
+  """``(missing, unexpected, mismatched)`` of weight shapes ``got`` against a model's ``want``
+  (the one rule behind ``check_fit``, ``methods.base.load_into`` and ``weights_convert``)."""
+  missing = [(k, want[k]) for k in sorted(set(want) - set(got))]
+  unexpected = [(k, got[k]) for k in sorted(set(got) - set(want))]
+  mismatched = [(k, got[k], want[k]) for k in sorted(set(got) & set(want)) if got[k] != want[k]]
+  return missing, unexpected, mismatched
+
+
+def check_fit(variables: Any, expected: Any, what: str = "the checkpoint does not fit the "
+              "configured model") -> None:
+  """Raises ``WeightsMismatch`` unless ``variables`` has exactly ``expected``'s keys and shapes."""
+  problems = compare(shapes(variables), shapes(expected))
+  if any(problems):
+    raise WeightsMismatch(*problems, what=what)
 
 
 def model_from_meta(meta: dict[str, Any], **overrides: Any) -> nn.Module:

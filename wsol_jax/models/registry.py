@@ -8,13 +8,21 @@ from typing import Any
 import flax.linen as nn
 
 from wsol_jax.models.resnet import ResNet
+from wsol_jax.models.rfga import RfgaResNet
+from wsol_jax.models.scm_adb import ScmVisionTransformer
 from wsol_jax.models.vit import VisionTransformer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 
-FAMILIES: dict[str, type[nn.Module]] = {"vit": VisionTransformer, "resnet": ResNet}
+# A family is a module class; a named model (``MODELS``) is a family with its usual kwargs.
+# "rfga" and "scm" are their backbones plus a method's modules (same backbone names).
+FAMILIES: dict[str, type[nn.Module]] = {"vit": VisionTransformer, "resnet": ResNet,
+                                        "rfga": RfgaResNet, "scm": ScmVisionTransformer}
+# Model fields that say how to run a model, not what it is: injected by ``runtime.Runtime``,
+# never written to a model directory's metadata.
+INJECTED = ("attention_fn", "dot_general", "block_boundary", "newton_schulz_steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +61,21 @@ def get_spec(name: str) -> ModelSpec:
   return MODELS[name]
 
 
-def model_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
-  """Constructor arguments of ``name`` with ``overrides`` applied (validated)."""
+def family_class(family: str) -> type[nn.Module]:
+  if family not in FAMILIES:
+    raise ValueError(f"unknown model family {family!r}; valid: {sorted(FAMILIES)}")
+  return FAMILIES[family]
+
+
+def model_kwargs(name: str, family: str | None = None, **overrides: Any) -> dict[str, Any]:
+  """Constructor arguments of ``name`` built as ``family`` (default: its own) with
+  ``overrides`` applied (validated against the family's fields)."""
   spec = get_spec(name)
-  cls = FAMILIES[spec.family]
-  valid = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  family = family or spec.family
+  valid = {f.name for f in dataclasses.fields(family_class(family))} - {"parent", "name"}
   unknown = sorted(set(overrides) - valid)
   if unknown:
-    raise ValueError(f"unknown {spec.family} model options {unknown}; valid: {sorted(valid)}")
+    raise ValueError(f"unknown {family} model options {unknown}; valid: {sorted(valid)}")
   kwargs = dict(spec.kwargs)
   kwargs.update(overrides)
   return kwargs
@@ -68,17 +83,23 @@ def model_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
   """Builds the Flax module for a registered name, e.g. ``create_model('deit_small_patch16_224', num_classes=200, head='conv3x3')``."""
-  return FAMILIES[get_spec(name).family](**model_kwargs(name, **overrides))
+  return family_class(get_spec(name).family)(**model_kwargs(name, **overrides))
 
 
 def build_from_kwargs(family: str, kwargs: dict[str, Any]) -> nn.Module:
-  """Rebuilds a module from a family name and saved constructor arguments (JSON metadata)."""
-  kw = dict(kwargs)
-  if "layers" in kw:
-    kw["layers"] = tuple(kw["layers"])
-  if family == "rfga":  # ResNet + RFGA module; lives with its method (imports this module)
-    from wsol_jax.methods.rfga import RfgaResNet
-    return RfgaResNet(**kw)
-  if family not in FAMILIES:
-    raise ValueError(f"unknown model family {family!r}; valid: {sorted(FAMILIES) + ['rfga']}")
-  return FAMILIES[family](**kw)
+  """Rebuilds a module from a family name and constructor arguments (e.g. JSON metadata,
+  whose lists become tuples)."""
+  kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  return family_class(family)(**kw)
+
+
+def architecture(model: nn.Module) -> dict[str, Any]:
+  """The JSON-serialisable constructor arguments of ``model``: what it is, not how this
+  machine runs it (no ``INJECTED`` field, no callable, no dtype)."""
+  out = {}
+  for f in dataclasses.fields(model):
+    value = getattr(model, f.name)
+    if f.name in ("parent", "name", "dtype", *INJECTED) or callable(value):
+      continue
+    out[f.name] = list(value) if isinstance(value, tuple) else value
+  return out

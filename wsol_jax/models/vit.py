@@ -29,12 +29,18 @@ The forward is a pure function of (params, images, flags, rng)::
   is ∂(scalar)/∂A for every layer in one backward pass — no hooks.
 * ``stop_grad_attn_input=True`` stops the gradient at each attention's input
   (the normed block input fed to qkv), as the official AG-CAM model does.
-* ``attention_impl`` picks how the attention core (q·kᵀ, softmax, ·v) runs: ``'xla'``
-  (XLA ops), ``'cpu_kernel'`` (``wsol_jax.kernels.attention_cpu``, an XLA:CPU FFI kernel,
-  ~2× faster on CPU; the same math within float32 rounding) or ``'auto'`` (the kernel on
-  a single-device CPU backend where it compiles, else XLA). The kernel is not used where
-  its outputs do not suffice: ``attn_delta``, ``scores`` captures, attention dropout
-  while training, dtypes other than float32.
+* Backend-neutral: plain XLA ops unless a faster implementation is injected, in the
+  Flax idiom, through three fields (all ``None`` by default; the CPU wing
+  ``wsol_jax.cpu`` sets them on XLA:CPU):
+
+  ``attention_fn(qkv, num_heads) -> (out (B, N, C), probs (B, H, N, N))``: the attention
+  core from the fused qkv projection (B, N, 3C), heads merged. Used only where its two
+  outputs suffice (no ``attn_delta``, no ``scores`` capture, no attention dropout while
+  training); ``attention_core`` is the XLA default and the reference.
+  ``dot_general``: the products of every ``Dense`` layer, the patch embedding and the
+  heads (``lax.dot_general``'s signature, as ``nn.Dense(dot_general=...)``).
+  ``block_boundary(x) -> x``: an identity applied to the residual stream before every
+  block and before the final norm (a place for, e.g., a gradient barrier).
 """
 from __future__ import annotations
 
@@ -45,58 +51,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wsol_jax.kernels import build
 from wsol_jax.models import heads, layers
 
 CAPTURE_NAMES = ("attn", "attn_cls", "scores", "scores_cls", "tokens", "pre_logits", "semantic")
-ATTENTION_IMPLS = build.KERNEL_IMPLS
+DotGeneral = Callable[..., jax.Array]
+AttentionFn = Callable[[jax.Array, int], tuple[jax.Array, jax.Array]]
 
 
-def use_attention_kernel(impl: str) -> bool:
-  """Whether ``attention_impl=impl`` runs the CPU kernel on this backend (raises if it must
-  and cannot)."""
-  from wsol_jax.kernels import attention_cpu
-  return build.use_kernel("attention_impl", impl, attention_cpu)
+def attention_sum(attn_cls: jax.Array) -> jax.Array:
+  """Σ_l mean_h A_l[cls, patches]: (L, B, H, N) -> (B, N − 1) (TS-CAM sums the layers)."""
+  return jnp.sum(jnp.mean(attn_cls[..., 1:], axis=2), axis=0)
 
 
-def _dense(features: int, name: str, dtype: Any, use_bias: bool = True) -> nn.Dense:
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
-                  dot_general=layers.dense_dot_general, kernel_init=layers.trunc_normal_init(0.02),
-                  bias_init=nn.initializers.zeros)
+def _dense(features: int, name: str, dtype: Any, dot_general: DotGeneral | None,
+           use_bias: bool = True) -> nn.Dense:
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name, dot_general=dot_general,
+                  kernel_init=layers.trunc_normal_init(0.02), bias_init=nn.initializers.zeros)
 
 
 def _layer_norm(eps: float, name: str, dtype: Any) -> nn.LayerNorm:
   # use_fast_variance=False: E[(x-mean)^2] like PyTorch, not E[x^2]-mean^2.
   return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
-
-
-@jax.custom_vjp
-def gradient_barrier(x: jax.Array) -> jax.Array:
-  """Identity whose cotangent is materialised (``optimization_barrier``) in the backward pass.
-
-  Placed on the residual stream between blocks: without it XLA:CPU fuses the residual
-  gradient of every block into one loop fusion per consumer and recomputes the whole
-  chain each time (O(depth²) elementwise work, ~1/3 of a DeiT-S train step).
-  """
-  return x
-
-
-def _barrier_fwd(x):
-  return x, None
-
-
-def _barrier_bwd(_, g):
-  # XLA:CPU strips optimization barriers but never fuses across a while loop. The loop
-  # runs once and multiplies by a data-dependent 1 (0 only if g is already NaN), so
-  # neither JAX nor XLA can simplify it away.
-  first = jnp.ravel(g)[0]
-  one = (first == first).astype(g.dtype)
-  trips = one.astype(jnp.int32) | 1
-  out, _ = jax.lax.fori_loop(0, trips, lambda _, c: (c[0] * c[1], c[1]), (g, one))
-  return (out,)
-
-
-gradient_barrier.defvjp(_barrier_fwd, _barrier_bwd)
 
 
 class DropPath(nn.Module):
@@ -117,10 +92,12 @@ class PatchEmbed(nn.Module):
   embed_dim: int
   patch_size: int
   dtype: Any = jnp.float32
+  dot_general: DotGeneral | None = None
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
-    x = layers.PatchConv(self.embed_dim, self.patch_size, self.dtype, name="proj")(images)
+    x = layers.PatchConv(self.embed_dim, self.patch_size, self.dtype, self.dot_general,
+                         name="proj")(images)
     return x.reshape(x.shape[0], -1, self.embed_dim)
 
 
@@ -134,14 +111,15 @@ class Mlp(nn.Module):
   hidden_dim: int
   drop: float = 0.0
   dtype: Any = jnp.float32
+  dot_general: DotGeneral | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     out_dim = x.shape[-1]
-    x = _dense(self.hidden_dim, "fc1", self.dtype)(x)
+    x = _dense(self.hidden_dim, "fc1", self.dtype, self.dot_general)(x)
     x = gelu(x)
     x = nn.Dropout(self.drop, deterministic=not train)(x)
-    x = _dense(out_dim, "fc2", self.dtype)(x)
+    x = _dense(out_dim, "fc2", self.dtype, self.dot_general)(x)
     return nn.Dropout(self.drop, deterministic=not train)(x)
 
 
@@ -152,26 +130,30 @@ class Attention(nn.Module):
   attn_drop: float = 0.0
   proj_drop: float = 0.0
   dtype: Any = jnp.float32
+  dot_general: DotGeneral | None = None
+  attention_fn: AttentionFn | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool, delta: jax.Array | None,
-               stop_grad_input: bool, cls_row: bool = False, kernel: bool = False
+               stop_grad_input: bool, cls_row: bool = False, need_scores: bool = False
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(output, internals ``{'attn', 'scores'}`` (B, H, N, N), + ``'attn_cls'`` (B, H, N)
-    if ``cls_row``). ``kernel``: the core runs in ``attention_cpu`` (no ``'scores'``;
-    the caller ensures there is no ``delta`` and no attention dropout)."""
+    """(output, internals ``{'attn'}`` (B, H, N, N), + ``'scores'`` (B, H, N, N) on the
+    explicit path, + ``'attn_cls'`` (B, H, N) if ``cls_row``). ``attention_fn`` runs the
+    core unless ``delta``, ``need_scores`` or attention dropout while training need the
+    explicit path."""
     b, n, dim = x.shape
     h = self.num_heads
     d = dim // h
     if stop_grad_input:
       x = jax.lax.stop_gradient(x)
-    qkv = _dense(3 * dim, "qkv", self.dtype, use_bias=self.qkv_bias)(x)
-    # Created in both paths (unused by the kernel's), so the proj dropout's name and RNG
+    qkv = _dense(3 * dim, "qkv", self.dtype, self.dot_general, use_bias=self.qkv_bias)(x)
+    # Created in both paths (unused by an injected core), so the proj dropout's name and RNG
     # stream do not depend on the path.
     attn_dropout = nn.Dropout(self.attn_drop, deterministic=not train)
-    if kernel:
-      from wsol_jax.kernels import attention_cpu
-      out, attn = attention_cpu.attention(qkv, h)
+    injected = (self.attention_fn is not None and delta is None and not need_scores
+                and not (train and self.attn_drop > 0))
+    if injected:
+      out, attn = self.attention_fn(qkv, h)
       internals = {"attn": attn}
       if cls_row:
         q_cls = qkv[:, :1, :dim].reshape(b, 1, h, d).transpose(0, 2, 1, 3)
@@ -179,8 +161,16 @@ class Attention(nn.Module):
         internals["attn_cls"] = _class_row(q_cls, k, None)
     else:
       out, internals = _xla_attention(qkv, h, delta, cls_row, attn_dropout)
-    out = _dense(dim, "proj", self.dtype)(out)
+    out = _dense(dim, "proj", self.dtype, self.dot_general)(out)
     return nn.Dropout(self.proj_drop, deterministic=not train)(out), internals
+
+
+def attention_core(qkv: jax.Array, num_heads: int) -> tuple[jax.Array, jax.Array]:
+  """The attention core with XLA ops: (softmax(q·kᵀ/√d)·v with heads merged (B, N, C),
+  probabilities (B, H, N, N)) of the fused projection ``qkv`` (B, N, 3C) in timm's layout.
+  The reference for an injected ``attention_fn``."""
+  out, internals = _xla_attention(qkv, num_heads, None, False, lambda a: a)
+  return out, internals["attn"]
 
 
 def _xla_attention(qkv: jax.Array, h: int, delta: jax.Array | None, cls_row: bool,
@@ -235,19 +225,21 @@ class Block(nn.Module):
   norm_eps: float = 1e-6
   post_block: Callable[..., nn.Module] | None = None
   dtype: Any = jnp.float32
+  dot_general: DotGeneral | None = None
+  attention_fn: AttentionFn | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool, delta: jax.Array | None,
-               stop_grad_input: bool, cls_row: bool = False, kernel: bool = False
+               stop_grad_input: bool, cls_row: bool = False, need_scores: bool = False
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     dim = x.shape[-1]
     y, internals = Attention(self.num_heads, self.qkv_bias, self.attn_drop, self.drop,
-                             self.dtype, name="attn")(
+                             self.dtype, self.dot_general, self.attention_fn, name="attn")(
                                  _layer_norm(self.norm_eps, "norm1", self.dtype)(x), train=train,
                                  delta=delta, stop_grad_input=stop_grad_input, cls_row=cls_row,
-                                 kernel=kernel)
+                                 need_scores=need_scores)
     x = x + DropPath(self.drop_path)(y, train)
-    y = Mlp(int(dim * self.mlp_ratio), self.drop, self.dtype, name="mlp")(
+    y = Mlp(int(dim * self.mlp_ratio), self.drop, self.dtype, self.dot_general, name="mlp")(
         _layer_norm(self.norm_eps, "norm2", self.dtype)(x), train)
     x = x + DropPath(self.drop_path)(y, train)
     if self.post_block is not None:
@@ -266,7 +258,8 @@ class VisionTransformer(nn.Module):
       norm (None: same; the hila-chefer LRP / ViTOL model uses 1e-5).
     post_block: optional module factory applied to each block's output
       (``factory(name='post')(x, train=...)``), used by ViTOL's p-ADL.
-    attention_impl: ``'auto'``, ``'xla'`` or ``'cpu_kernel'`` (module docstring).
+    attention_fn, dot_general, block_boundary: injected implementations (module
+      docstring); None = XLA ops.
   """
   num_classes: int = 1000
   img_size: int = 224
@@ -284,8 +277,10 @@ class VisionTransformer(nn.Module):
   attn_drop_rate: float = 0.0
   drop_path_rate: float = 0.0
   post_block: Callable[..., nn.Module] | None = None
-  attention_impl: str = "auto"
   dtype: Any = jnp.float32
+  attention_fn: AttentionFn | None = None
+  dot_general: DotGeneral | None = None
+  block_boundary: Callable[[jax.Array], jax.Array] | None = None
 
   def grid_shape(self, height: int, width: int) -> tuple[int, int]:
     """Patch grid (h, w) for an input of the given size."""
@@ -308,8 +303,6 @@ class VisionTransformer(nn.Module):
       raise ValueError(f"unknown capture names {unknown}; valid: {list(CAPTURE_NAMES)}")
     if "semantic" in capture and self.head != "conv3x3":
       raise ValueError("capture 'semantic' needs head='conv3x3'")
-    if self.attention_impl not in ATTENTION_IMPLS:
-      raise ValueError(f"unknown attention_impl {self.attention_impl!r}; valid: {list(ATTENTION_IMPLS)}")
     if self.head not in heads.HEAD_TYPES:
       raise ValueError(f"unknown head {self.head!r}; valid: {list(heads.HEAD_TYPES)}")
     gh, gw = self.grid_shape(hh, ww)
@@ -342,26 +335,25 @@ class VisionTransformer(nn.Module):
     gh, gw = self._check_inputs(images, capture, attn_delta)
     b = images.shape[0]
     p = self.patch_size
-    x = PatchEmbed(self.embed_dim, p, self.dtype, name="patch_embed")(images)
+    x = PatchEmbed(self.embed_dim, p, self.dtype, self.dot_general, name="patch_embed")(images)
     cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, self.embed_dim), jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.embed_dim)).astype(x.dtype), x], axis=1)
     x = x + self._pos_embed(gh, gw).astype(x.dtype)
     x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
 
-    kernel = (attn_delta is None and not {"scores", "scores_cls"} & set(capture)
-              and not (train and self.attn_drop_rate > 0) and jnp.dtype(self.dtype) == jnp.float32
-              and use_attention_kernel(self.attention_impl))
+    need_scores = bool({"scores", "scores_cls"} & set(capture))
+    boundary = self.block_boundary or (lambda t: t)
     per_layer = {name: [] for name in ("attn", "attn_cls", "scores", "scores_cls") if name in capture}
     rates = np.linspace(0.0, self.drop_path_rate, self.depth) if self.depth > 1 else [0.0]
     for i in range(self.depth):
-      x = gradient_barrier(x)
+      x = boundary(x)
       x, internals = Block(self.num_heads, self.mlp_ratio, self.qkv_bias, self.drop_rate,
                            self.attn_drop_rate, float(rates[i]), self.norm_eps, self.post_block,
-                           self.dtype, name=f"blocks_{i}")(
+                           self.dtype, self.dot_general, self.attention_fn, name=f"blocks_{i}")(
                                x, train=train,
                                delta=None if attn_delta is None else attn_delta[i],
                                stop_grad_input=stop_grad_attn_input,
-                               cls_row="attn_cls" in capture, kernel=kernel)
+                               cls_row="attn_cls" in capture, need_scores=need_scores)
       for name in per_layer:
         if name in internals:
           per_layer[name].append(internals[name])
@@ -369,7 +361,7 @@ class VisionTransformer(nn.Module):
           per_layer[name].append(internals[name.removesuffix("_cls")][:, :, 0, :])
 
     final_eps = self.norm_eps if self.final_norm_eps is None else self.final_norm_eps
-    x = gradient_barrier(x)
+    x = boundary(x)
     x = _layer_norm(final_eps, "norm", self.dtype)(x)
     aux: dict[str, jax.Array] = {name: jnp.stack(v) for name, v in per_layer.items()}
     if "tokens" in capture:
@@ -378,10 +370,12 @@ class VisionTransformer(nn.Module):
       aux["pre_logits"] = x[:, 0]
 
     if self.head == "linear":
-      logits = heads.linear_head(x[:, 0], self.num_classes, self.dtype)
+      logits = heads.linear_head(x[:, 0], self.num_classes, self.dtype,
+                                 dot_general=self.dot_general)
     elif self.head == "conv3x3":
       grid = x[:, 1:].reshape(b, gh, gw, self.embed_dim)
-      semantic = heads.conv3x3_semantic_head(grid, self.num_classes, self.dtype)
+      semantic = heads.conv3x3_semantic_head(grid, self.num_classes, self.dtype,
+                                             dot_general=self.dot_general)
       if "semantic" in capture:
         aux["semantic"] = semantic
       logits = heads.spatial_mean(semantic)
