@@ -205,7 +205,8 @@ def main() -> None:
   ran = runtime.describe()
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; main rows: "
         + ", ".join(f"{k}={v}" for k, v in ran.items() if k not in ("backend", "device_count"))
-        + ("; '/off' rows: the wing off (plain XLA)" if args.off_rows else "") + "\n"
+        + ("; '/off' rows: the wing off (plain XLA; host malloc is process-wide, as above)"
+           if args.off_rows else "") + "\n"
         f"fp32 matmul rate (2048^3): {burst / 1e9:.1f} GFLOP/s fastest single run of "
         f"{MATMUL_RUNS * args.steps}; {sustained / 1e9:.1f} GFLOP/s sustained (median over "
         f"rounds of {MATMUL_RUNS} back-to-back runs)")

@@ -53,6 +53,19 @@ def test_model_and_class_attributes(golden_method):
     m.compute_kind("gar")
 
 
+def test_golden_maps_with_the_cpu_wing(golden_vit_dir, golden_dir, golden_inputs):
+  """AG-CAM's gradients pass the wing's matmul VJP and gradient barriers (the CLIs' choice on
+  a CPU): the same golden numbers as plain XLA."""
+  from wsol_jax import cpu
+  m = methods.get_method(golden_config(golden_vit_dir), cpu.runtime(cpu.plan("on")))
+  variables = m.init(jax.random.key(0))
+  images, targets = golden_inputs
+  g = np.load(golden_dir / "agcam.npz")
+  raw, logits = jax.jit(m.maps)(variables, images, targets)
+  np.testing.assert_allclose(raw, g["raw"], rtol=0, atol=2e-6)
+  np.testing.assert_allclose(logits, g["logits"], rtol=0, atol=1e-6)
+
+
 def test_golden_logits_and_maps(golden_method, golden_vit_dir, golden_dir, golden_inputs):
   m, variables = golden_method
   images, targets = golden_inputs

@@ -69,6 +69,21 @@ def test_golden_logits_and_maps(golden_method, golden_dir, golden_inputs):
     m.maps(variables, images, targets, kind="agcam")
 
 
+def test_golden_maps_with_the_cpu_wing(golden_vit_dir, golden_dir, golden_inputs):
+  """GAR's attention gradients pass the wing's matmul VJP and gradient barriers (the CLIs'
+  choice on a CPU): the same golden numbers as plain XLA."""
+  from wsol_jax import cpu
+  m = methods.get_method(golden_config(golden_vit_dir), cpu.runtime(cpu.plan("on")))
+  assert m.model.dot_general is not None and m.model.block_boundary is not None
+  variables = m.init(jax.random.key(0))
+  images, targets = golden_inputs
+  g = np.load(golden_dir / "vitol.npz")
+  fn = jax.jit(m.maps, static_argnames="kind")
+  for kind, key in (("gar", "gar_raw"), ("rollout", "rollout_raw")):
+    np.testing.assert_allclose(fn(variables, images, targets, kind=kind)[0], g[key], rtol=0,
+                               atol=4e-8)
+
+
 def test_padl_acts_in_training_only(golden_method, golden_vit_dir, golden_inputs):
   m, variables = golden_method
   images, targets = golden_inputs
