@@ -24,6 +24,9 @@ LRP 0.7039 / 0.1997 / 0.3106 / 0.9669 / 0.1992.
 """
 from wsol_jax import config_lib
 
+# The variants ``get_config(arg)`` accepts (``--config configs/agcam_cub.py:a,b``).
+VARIANTS = ('rollout', 'lrp', 'nostopgrad', 'tfds', 'paper')
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

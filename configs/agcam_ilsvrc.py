@@ -34,6 +34,9 @@ def _agcam_cub():
   spec.loader.exec_module(module)
   return module
 
+# The variants ``get_config(arg)`` accepts (``--config configs/agcam_ilsvrc.py:a,b``).
+VARIANTS = ('rollout', 'lrp', 'nostopgrad')
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

@@ -23,6 +23,9 @@ Published: RFGA paper Table 1, CAM on CUB (RFGA protocol): MaxBoxAcc 68.54 / 39.
 """
 from wsol_jax import config_lib
 
+# The variants ``get_config(arg)`` accepts (``--config configs/cam_cub.py:a,b``).
+VARIANTS = ('large', 'rfga', 'tfds')
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

@@ -25,6 +25,9 @@ def _cam_cub():
   spec.loader.exec_module(module)
   return module
 
+# The variants ``get_config(arg)`` accepts (``--config configs/cam_ilsvrc.py:a,b``).
+VARIANTS = ('large', 'rfga')
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

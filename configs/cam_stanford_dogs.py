@@ -27,6 +27,9 @@ def _load(name):
   spec.loader.exec_module(module)
   return module
 
+# The variants ``get_config(arg)`` accepts (``--config configs/cam_stanford_dogs.py:a,b``).
+VARIANTS = ('rfga', 'large', 'paper')
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

@@ -13,6 +13,9 @@ Expected test MaxBoxAccV2: 46.28 (center-Gaussian 28.94).
 """
 from wsol_jax import config_lib
 
+# The variants ``get_config(arg)`` accepts (``--config configs/cam_synthetic.py:a,b``).
+VARIANTS = ('smoke',)
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

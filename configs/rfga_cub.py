@@ -33,6 +33,9 @@ Paper (Table 1, CUB, MaxBoxAcc % at δ = 0.5 / 0.6 / 0.7 / 0.8 / 0.9, Avg., mIoU
 """
 from wsol_jax import config_lib
 
+# The variants ``get_config(arg)`` accepts (``--config configs/rfga_cub.py:a,b``).
+VARIANTS = ('moana', 'wo_r', 'os16', 'tfds')
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

@@ -20,6 +20,9 @@ for RFGA/MoANA are not in the RFGA paper.
 """
 from wsol_jax import config_lib
 
+# The variants ``get_config(arg)`` accepts (``--config configs/rfga_ilsvrc.py:a,b``).
+VARIANTS = ('moana',)
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

@@ -43,6 +43,9 @@ def set_dogs_data(c, variants):
   c.data.test_split = "test"
   c.model.num_classes = 120
 
+# The variants ``get_config(arg)`` accepts (``--config configs/rfga_stanford_dogs.py:a,b``).
+VARIANTS = ('moana', 'wo_r', 'os16', 'paper')
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

@@ -14,6 +14,9 @@ Expected test MaxBoxAccV2: 52.00 (center-Gaussian 28.94; 12.2 min on 2 cores).
 """
 from wsol_jax import config_lib
 
+# The variants ``get_config(arg)`` accepts (``--config configs/rfga_synthetic.py:a,b``).
+VARIANTS = ('moana', 'smoke')
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

@@ -17,6 +17,9 @@ Cls 78.5 / 94.5; appendix (selected on CUBV2): MaxBoxAccV1 96.6, MaxBoxAccV2 89.
 """
 from wsol_jax import config_lib
 
+# The variants ``get_config(arg)`` accepts (``--config configs/scm_cub.py:a,b``).
+VARIANTS = ('tfds', 'paper', 'appendix', 'p4')
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

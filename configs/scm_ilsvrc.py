@@ -13,6 +13,9 @@ Cls 76.7 / 93.0.
 """
 from wsol_jax import config_lib
 
+# The variants ``get_config(arg)`` accepts (``--config configs/scm_ilsvrc.py:a,b``).
+VARIANTS = ('paper',)
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

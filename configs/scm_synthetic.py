@@ -15,6 +15,9 @@ release, ``cpu_tuning=off``) train along other trajectories: 66–81 so far
 """
 from wsol_jax import config_lib
 
+# The variants ``get_config(arg)`` accepts (``--config configs/scm_synthetic.py:a,b``).
+VARIANTS = ('smoke',)
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

@@ -18,6 +18,9 @@ Cls 80.3 / 94.8. SCM's appendix (selected on CUBV2): MaxBoxAccV1 88.9, MaxBoxAcc
 """
 from wsol_jax import config_lib
 
+# The variants ``get_config(arg)`` accepts (``--config configs/tscam_cub.py:a,b``).
+VARIANTS = ('tfds', 'paper')
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

@@ -14,6 +14,9 @@ Cls 74.3 / 92.1.
 """
 from wsol_jax import config_lib
 
+# The variants ``get_config(arg)`` accepts (``--config configs/tscam_ilsvrc.py:a,b``).
+VARIANTS = ('paper',)
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

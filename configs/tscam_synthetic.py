@@ -19,6 +19,9 @@ ImageNet DeiT), start from a DeiT trained with a class-token head, e.g. the
 """
 from wsol_jax import config_lib
 
+# The variants ``get_config(arg)`` accepts (``--config configs/tscam_synthetic.py:a,b``).
+VARIANTS = ('smoke',)
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

@@ -38,6 +38,9 @@ def _vitol_ilsvrc():
   spec.loader.exec_module(module)
   return module
 
+# The variants ``get_config(arg)`` accepts (``--config configs/vitol_cub.py:a,b``).
+VARIANTS = ('stage1', 'lrp', 'tfds')
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

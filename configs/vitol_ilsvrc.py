@@ -33,6 +33,9 @@ from wsol_jax import config_lib
 THRESHOLDS = {("deit_small_patch16_224", "gar"): 0.165, ("deit_small_patch16_224", "lrp"): 0.15,
               ("deit_base_patch16_224", "gar"): 0.208, ("deit_base_patch16_224", "lrp"): 0.185}
 
+# The variants ``get_config(arg)`` accepts (``--config configs/vitol_ilsvrc.py:a,b``).
+VARIANTS = ('base', 'lrp')
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

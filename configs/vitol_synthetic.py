@@ -12,6 +12,9 @@ Expected test MaxBoxAccV2: 67.72 (center-Gaussian 28.94; 8.5 min on 2 cores).
 """
 from wsol_jax import config_lib
 
+# The variants ``get_config(arg)`` accepts (``--config configs/vitol_synthetic.py:a,b``).
+VARIANTS = ('smoke',)
+
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)

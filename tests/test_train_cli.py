@@ -16,6 +16,25 @@ def test_every_shipped_config_loads_and_validates(path):
   assert cfg.model.num_classes > 0
   doc = path.read_text().split('"""')[1]
   assert "python -m wsol_jax.train" in doc or "python -m wsol_jax.evaluate" in doc
+  # Every declared variant loads and changes the config (no stale declaration).
+  variants = config_lib.load_module(path).VARIANTS
+  for variant in variants:
+    assert config_lib.load(f"{path}:{variant}").to_dict() != cfg.to_dict(), variant
+
+
+def test_a_mistyped_variant_fails_before_compute_naming_the_valid_ones(tmp_path, capsys):
+  code = train_cli.main(["--config", "configs/scm_synthetic.py:smok", "--workdir",
+                         str(tmp_path / "w")])
+  err = capsys.readouterr().err
+  assert code == 2 and "unknown variant 'smok' (did you mean 'smoke'?); valid: smoke" in err
+  assert not (tmp_path / "w").exists()
+  cfg_file = tmp_path / "mine.py"
+  cfg_file.write_text("from wsol_jax import config_lib\n"
+                      "def get_config(arg=None):\n"
+                      "  return config_lib.base_config()\n")
+  assert config_lib.load(str(cfg_file)).method == "tscam"  # no variants asked: fine
+  with pytest.raises(config_lib.ConfigError, match="declares no variants"):
+    config_lib.load(f"{cfg_file}:fast")
 
 
 def test_override_with_a_typo_names_the_closest_keys(tmp_path, capsys):

@@ -189,10 +189,9 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
       parent[leaf] = value
 
 
-def load_file(spec: str) -> ml_collections.ConfigDict:
-  """Loads ``path.py[:arg]`` and returns ``get_config(arg)``."""
-  path_str, _, arg = spec.partition(":")
-  path = pathlib.Path(path_str)
+def load_module(path: str | pathlib.Path) -> Any:
+  """The Python module of a config file."""
+  path = pathlib.Path(path)
   if not path.is_file():
     raise ConfigError(f"config file not found: {path}")
   module_name = f"_wsol_config_{path.stem}"
@@ -200,8 +199,18 @@ def load_file(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   sys.modules[module_name] = module
   module_spec.loader.exec_module(module)
+  return module
+
+
+def load_file(spec: str) -> ml_collections.ConfigDict:
+  """Loads ``path.py[:arg]`` and returns ``get_config(arg)`` (``arg``'s variants checked
+  against the file's ``VARIANTS``)."""
+  path_str, _, arg = spec.partition(":")
+  path = pathlib.Path(path_str)
+  module = load_module(path)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} has no get_config(arg) function")
+  check_variants(path, arg, getattr(module, "VARIANTS", None))
   cfg = module.get_config(arg or None) if arg or _takes_arg(module.get_config) else module.get_config()
   if not isinstance(cfg, ml_collections.ConfigDict):
     raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict")
@@ -224,6 +233,22 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
 def parse_arg(arg: str | None) -> set[str]:
   """``get_config`` argument ``'a,b'`` -> ``{'a', 'b'}`` (config variants)."""
   return {a.strip() for a in (arg or "").split(",") if a.strip()}
+
+
+def check_variants(path: pathlib.Path, arg: str, declared: Sequence[str] | None) -> None:
+  """Raises ``ConfigError`` unless every variant of ``arg`` is one the config file declares
+  (its ``VARIANTS``); a mistyped variant must not run the config without it."""
+  asked = parse_arg(arg)
+  if not asked:
+    return
+  if declared is None:
+    raise ConfigError(f"{path}:{arg}: the config declares no variants (a VARIANTS tuple)")
+  unknown = sorted(asked - set(declared))
+  if unknown:
+    close = {u: difflib.get_close_matches(u, declared, n=1) for u in unknown}
+    hints = [f"{u!r} (did you mean {c[0]!r}?)" if c else repr(u) for u, c in close.items()]
+    raise ConfigError(f"{path}: unknown variant{'s' if len(unknown) > 1 else ''} "
+                      f"{', '.join(hints)}; valid: {', '.join(declared)}")
 
 
 def set_cub_data(c: ml_collections.ConfigDict, variants: set[str]) -> None:
