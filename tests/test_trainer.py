@@ -128,6 +128,35 @@ def test_sigkill_then_rerun_gives_bit_identical_parameters(tmp_path, data_dir):
   jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
 
 
+def test_damaged_newest_checkpoints_are_set_aside_and_training_resumes_bit_identically(
+    tmp_path, data_dir):
+  """The two newest checkpoints damaged after a finished run (a data chunk emptied, the
+  iterator's JSON broken): the re-run resumes from the one before, says so once per
+  checkpoint, keeps both aside and reaches the uninterrupted run's parameters."""
+  args = ("--config.training.total_steps=12", "--config.checkpoint.every_steps=4",
+          "--config.checkpoint.keep=3", "--config.eval.every_epochs=100",
+          "--config.eval.test_at_end=False")
+  reference, damaged = tmp_path / "reference", tmp_path / "damaged"
+  for workdir in (reference, damaged):
+    done = _run(_args("tscam", workdir, data_dir, *args))
+    assert done.returncode == 0, done.stderr[-3000:]
+  ckpts = damaged / "checkpoints"
+  for f in (ckpts / "12" / "state").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"")
+  for f in (ckpts / "8" / "data").rglob("*"):
+    if f.is_file():
+      f.write_text("{not json")
+  again = _run(_args("tscam", damaged, data_dir, *args))
+  assert again.returncode == 0, again.stderr[-3000:]
+  lines = [l for l in again.stderr.splitlines() if "cannot be restored" in l]
+  assert len(lines) == 2 and str(ckpts / "12") in lines[0] and str(ckpts / "8") in lines[1]
+  assert f"resumed {damaged} at step 4" in again.stderr
+  assert sorted(p.name for p in (damaged / "unrestorable" / "checkpoints").iterdir()) == ["12", "8"]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, _final_params(reference, 12),
+                         _final_params(damaged, 12))
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
   workdir = tmp_path / "term"
   args = _args("tscam", workdir, data_dir, "--config.training.total_steps=400",

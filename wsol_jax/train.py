@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   from wsol_jax import trainer
   try:
     results = trainer.train_and_evaluate(config, workdir, runtime)
-  except trainer.NonFiniteLossError as e:
+  except (trainer.NonFiniteLossError, trainer.ckpt_lib.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0 if results is not None else 1

@@ -5,8 +5,9 @@
 1. mesh over all devices; the method (``config.method``) builds the model, its
    loss and map function; the grain pipeline yields sharded global batches;
 2. the state ``{step, params, model_state, opt_state, rng}`` is created (pretrained
-   weights from ``config.model.pretrained``) or restored from the latest checkpoint
-   in ``workdir`` together with the data iterator — re-running a command resumes;
+   weights from ``config.model.pretrained``) or restored from the newest checkpoint in
+   ``workdir`` that restores, together with the data iterator — re-running a command
+   resumes (a damaged checkpoint is reported, set aside and skipped);
 3. a jitted step ``(state, batch) -> (state, metrics)`` (donated state, params
    replicated, batch split over devices) runs with no host synchronisation; a
    non-finite loss or gradient skips the update on device, and the host stops with
@@ -198,14 +199,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   abstract = jax.eval_shape(lambda: init_state(method, tx, int(config.seed)))
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
-  start = checkpointer.latest_step()
-  if start is None:
+  restored = checkpointer.restore_newest(abstract, train_iter)  # skips damaged checkpoints
+  if restored is None:
     state = jax.jit(lambda: init_state(method, tx, int(config.seed)), out_shardings=replicated)()
     start = 0
     log.info("starting a new run in %s: %d steps (%d epochs of %d steps)", workdir,
              total_steps, num_epochs, steps_per_epoch)
   else:
-    state = checkpointer.restore(abstract, train_iter)
+    state, start = restored
     log.info("resumed %s at step %d of %d", workdir, start, total_steps)
 
   step_fn = jit_train_step(make_train_step(method, tx, schedule), mesh, runtime)
