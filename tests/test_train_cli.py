@@ -113,3 +113,19 @@ def test_the_dot_thunk_option_moves_the_dots_off_ynnpack_with_the_same_result():
     if name == "thunk":  # every dot is XLA's own dot thunk, none inside a YNNPACK fusion
       assert "__ynn_fusion" not in hlo and hlo.count(" dot(") == 2
   np.testing.assert_allclose(outs["thunk"], outs["xla"], rtol=1e-5, atol=1e-5)
+
+
+def test_config_changes_and_which_keys_a_resume_may_change():
+  stored = config_lib.base_config().to_dict()
+  new = config_lib.base_config()
+  new.training.num_epochs = 90
+  new.eval.batch_size = 8
+  new.model.kwargs = dict(depth=3)
+  new.scm.iterations = (4, 4, 4, 4)
+  changes = config_lib.config_changes(stored, new.to_dict())
+  assert changes == {"training.num_epochs": (60, 90), "eval.batch_size": (64, 8),
+                     "model.kwargs.depth": (None, 3),
+                     "scm.iterations": ([16, 4, 4, 4], [4, 4, 4, 4])}
+  assert [k for k in changes if config_lib.resumable(k)] == ["eval.batch_size",
+                                                              "training.num_epochs"]
+  assert not config_lib.resumable("training.batch_size") and not config_lib.resumable("seed")

@@ -157,6 +157,32 @@ def test_damaged_newest_checkpoints_are_set_aside_and_training_resumes_bit_ident
                          _final_params(damaged, 12))
 
 
+def test_a_resume_with_another_config_is_refused_before_anything_is_written_or_logged(
+    tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  base = ("--config.checkpoint.every_steps=4", "--config.eval.every_epochs=100",
+          "--config.eval.test_at_end=False")
+  done = _run(_args("tscam", workdir, data_dir, "--config.training.total_steps=4", *base))
+  assert done.returncode == 0, done.stderr[-3000:]
+  record = (workdir / "config.json").read_text()
+  files = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+  for change, keys in ((("--config.model.kwargs.depth=3",), "model.kwargs.depth: 2 -> 3"),
+                       (("--config.training.batch_size=8",), "training.batch_size: 16 -> 8")):
+    refused = _run(_args("tscam", workdir, data_dir, "--config.training.total_steps=4", *base,
+                         *change))
+    assert refused.returncode == 2 and keys in refused.stderr, refused.stderr[-2000:]
+    assert "cannot change on resume" in refused.stderr
+    assert (workdir / "config.json").read_text() == record
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == files
+  # Training longer is a harmless change: allowed, logged and kept in the history.
+  longer = _run(_args("tscam", workdir, data_dir, "--config.training.total_steps=8", *base))
+  assert longer.returncode == 0, longer.stderr[-3000:]
+  assert "resuming with config changes: training.total_steps: 4 -> 8" in longer.stderr
+  history = [json.loads(l) for l in (workdir / "config_history.jsonl").read_text().splitlines()]
+  assert [h["changes"] for h in history] == [{"training.total_steps": {"from": 4, "to": 8}}]
+  assert json.loads((workdir / "config.json").read_text())["training"]["total_steps"] == 8
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
   workdir = tmp_path / "term"
   args = _args("tscam", workdir, data_dir, "--config.training.total_steps=400",

@@ -230,6 +230,42 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   return cfg
 
 
+# Keys a resumed run may change: how long it trains, how it evaluates, logs and checkpoints,
+# where it reads from and how it runs. Any other difference (model, method, data, optimizer,
+# batch size, schedule, seed) would make the restored state mean something else.
+RESUMABLE = ("training.num_epochs", "training.total_steps", "training.log_every_steps", "eval.",
+             "checkpoint.", "cpu_tuning", "mesh.", "model.pretrained", "data.data_dir",
+             "data.download", "data.worker_count", "data.worker_buffer_size",
+             "data.read_threads", "data.read_prefetch", "data.val_split", "data.test_split",
+             "data.use_masks", "data.metadata.image_root", "data.metadata.val_image_root",
+             "data.metadata.mask_root", "data.metadata.metadata_dir", "data.synthetic.generate")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """``'a.b' -> leaf`` of a nested dict (free-form sections too; tuples as lists)."""
+  out = {}
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(_flat(value, path + "."))
+    else:
+      out[path] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def config_changes(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+  """``key -> (stored value, new value)`` for every key whose value differs (JSON-like dicts)."""
+  a, b = _flat(stored), _flat(new)
+  missing = object()
+  return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+          if a.get(k, missing) != b.get(k, missing)}
+
+
+def resumable(key: str) -> bool:
+  """Whether a resumed run may change ``key`` (``RESUMABLE``)."""
+  return any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE)
+
+
 def parse_arg(arg: str | None) -> set[str]:
   """``get_config`` argument ``'a,b'`` -> ``{'a', 'b'}`` (config variants)."""
   return {a.strip() for a in (arg or "").split(",") if a.strip()}

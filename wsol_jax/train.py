@@ -41,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   from wsol_jax import trainer
   try:
     results = trainer.train_and_evaluate(config, workdir, runtime)
+  except config_lib.ConfigError as e:  # e.g. a resume with another architecture
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   except (trainer.NonFiniteLossError, trainer.ckpt_lib.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -20,10 +20,12 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import pathlib
 import signal
+import time
 from typing import Any, Callable
 
 import jax
@@ -161,6 +163,54 @@ def jit_train_step(step: Callable, mesh: jax.sharding.Mesh, runtime: Runtime) ->
                  compiler_options=dict(runtime.compiler_options) or None)
 
 
+class ResumeConfigError(config_lib.ConfigError):
+  """The config differs from the stored one of a run it would resume, in keys that change
+  what the restored state means."""
+
+
+def _check_resume_config(workdir: pathlib.Path, config: dict[str, Any]
+                         ) -> dict[str, tuple[Any, Any]]:
+  """When ``workdir`` holds a run to resume, the differences of ``config`` from its stored
+  ``config.json``; changes outside ``config_lib.RESUMABLE`` raise ``ResumeConfigError``
+  (before anything is written)."""
+  stored_path = workdir / "config.json"
+  resuming = (workdir / "checkpoints").is_dir() and any(
+      p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
+  if resuming and stored_path.is_file():
+    try:
+      stored = json.loads(stored_path.read_text())
+    except ValueError as e:
+      raise ResumeConfigError(f"{stored_path} is not valid JSON ({e}); it records the run "
+                              "this command would resume: fix or remove it") from e
+    stored.pop("runtime", None)
+    changes = config_lib.config_changes(stored, config)
+    blocked = {k: v for k, v in changes.items() if not config_lib.resumable(k)}
+    if blocked:
+      listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in blocked.items())
+      raise ResumeConfigError(
+          f"{workdir} holds a run with another config; these keys cannot change on resume: "
+          f"{listed} (use a new --workdir, or the stored values)")
+    return changes
+  return {}
+
+
+def _record_config(workdir: pathlib.Path, config: dict[str, Any], ran: dict[str, Any],
+                   changes: dict[str, tuple[Any, Any]]) -> None:
+  """Writes ``config.json`` (the config and what ran); a resume's allowed changes are logged
+  and appended to ``config_history.jsonl``."""
+  if changes:
+    log.info("resuming with config changes: %s",
+             "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+  if jax.process_index() != 0:
+    return
+  if changes:
+    with open(workdir / "config_history.jsonl", "a") as f:
+      f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                          "changes": {k: {"from": a, "to": b}
+                                      for k, (a, b) in changes.items()}}) + "\n")
+  ckpt_lib.write_json(workdir / "config.json", {**config, "runtime": ran})
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                        runtime: Runtime | None = None) -> dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the results.
@@ -170,6 +220,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   """
   runtime = runtime if runtime is not None else Runtime()
   workdir = config_lib.local_dir(workdir, "workdir")
+  config_dict = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as stored
+  changes = _check_resume_config(workdir, config_dict) if workdir.is_dir() else {}
   workdir.mkdir(parents=True, exist_ok=True)
   reporting.setup_logging(workdir)
   mesh = sharding.make_mesh(tuple(config.mesh.shape) or None)
@@ -187,8 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   steps_per_epoch, num_epochs, total_steps = _schedule_length(config, len(train_iter.source))
   schedule = optim.make_schedule(config, steps_per_epoch, num_epochs)
   writer = reporting.MetricWriter(workdir)
-  if jax.process_index() == 0:
-    ckpt_lib.write_json(workdir / "config.json", {**config.to_dict(), "runtime": ran})
+  _record_config(workdir, config_dict, ran, changes)
 
   # State: built once abstractly (for restore and shardings), then created or restored.
   labels_fn = method.param_labels
