@@ -44,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   except config_lib.ConfigError as e:  # e.g. a resume with another architecture
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except (trainer.NonFiniteLossError, trainer.ckpt_lib.CheckpointError) as e:
+  except (trainer.NonFiniteLossError, trainer.ckpt_lib.CheckpointError,
+          trainer.data_lib.UnreadableDataError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0 if results is not None else 1

@@ -41,6 +41,7 @@ _EXPORTS = {
     "WsolMetadataSource": "wsol_metadata",
     "MetadataError": "wsol_metadata",
     "MetadataNotFoundError": "wsol_metadata",
+    "UnreadableDataError": "records",
 }
 
 __all__ = sorted(_EXPORTS)

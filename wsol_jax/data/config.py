@@ -22,6 +22,9 @@ Fields of ``cfg_data`` (``default_data_config()``; '' / 0 mean "dataset default"
   use_masks      deliver masks in eval batches when the dataset has them (True).
   mask_threshold TFDS masks: value above which a pixel is object (127).
   num_epochs     training epochs, 0 = repeat forever (0).
+  max_consecutive_unreadable  training stops with an error naming the split and a few files
+                 when this many records in a row cannot be read, and before the first step
+                 when none of the split's first this-many records can (100; 0 = no limit).
   worker_count   grain worker processes (0 = in the main process).
   worker_buffer_size  batches each worker prepares ahead (2).
   read_threads   grain reader threads per process (8).
@@ -72,6 +75,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   cfg.use_masks = True
   cfg.mask_threshold = 127
   cfg.num_epochs = 0
+  cfg.max_consecutive_unreadable = 100
   cfg.worker_count = 0
   cfg.worker_buffer_size = 2
   cfg.read_threads = 8

@@ -80,12 +80,15 @@ def train_loader(source: sources.Source, *, batch_size: int, seed: int,
                  resize_size: int | tuple[int, int] = 256, random_flip: bool = True,
                  max_boxes: int = 0, num_epochs: int | None = None, worker_count: int = 0,
                  worker_buffer_size: int = 2, read_threads: int = 8,
-                 read_prefetch: int = 128) -> grain.DataLoader:
+                 read_prefetch: int = 128, max_consecutive_unreadable: int = 0,
+                 split: str = "") -> grain.DataLoader:
   """The training DataLoader over ``source`` (batch_size is GLOBAL).
 
   Args:
     max_boxes: > 0 adds padded 'boxes' (B, max_boxes, 4) to the batches.
     num_epochs: None repeats forever.
+    max_consecutive_unreadable: > 0: ``records.UnreadableDataError`` (naming ``split`` and
+      a few files) when this many records in a row cannot be read.
   """
   if len(source) == 0:
     raise ValueError(f"training source {source!r} is empty")
@@ -96,7 +99,7 @@ def train_loader(source: sources.Source, *, batch_size: int, seed: int,
                                shuffle=True, num_epochs=num_epochs, seed=int(seed))
   operations = [
       transforms.TrainAugment(config_lib.hw(resize_size), config_lib.hw(image_size), random_flip),
-      transforms.CountSkipped(),
+      transforms.CountSkipped(max_consecutive_unreadable, split),
       transforms.DropErrors(),
       transforms.TrainRow(max_boxes),
       grain.Batch(local, drop_remainder=True),
@@ -267,17 +270,37 @@ def _loader_kwargs(cfg: Any) -> dict[str, Any]:
               read_prefetch=int(cfg.read_prefetch))
 
 
+def check_readable(source: sources.Source, split: str, limit: int) -> None:
+  """Raises ``records.UnreadableDataError`` (naming ``split`` and a few files) when none of
+  the first ``limit`` records of ``source`` can be read: a split without a readable image
+  would otherwise keep the training loop waiting forever."""
+  failed = []
+  for index in range(min(len(source), limit) if limit > 0 else 0):
+    record = source[index]
+    if not record["error"]:
+      return
+    failed.append(record)
+  if failed:
+    what = "any" if len(failed) == len(source) else f"the first {len(failed)}"
+    raise records.UnreadableDataError(
+        f"training split {split!r}: none of {what} of its {len(source)} images can be read, "
+        f"e.g. " + records.describe_errors(failed))
+
+
 def build_train_iterator(cfg_data: Any, batch_size: int, seed: int) -> TrainIterator:
   """Training iterator for ``cfg_data`` (global ``batch_size``; see module docstring)."""
   split = config_lib.resolve_split(cfg_data, "train")
   source = make_source(cfg_data, split)
   info = dataset_info(cfg_data, source)
+  limit = int(cfg_data.max_consecutive_unreadable)
+  check_readable(source, split, limit)
   num_epochs = int(cfg_data.num_epochs) or None
   loader = train_loader(
       source, batch_size=batch_size, seed=seed, image_size=cfg_data.image_size,
       resize_size=cfg_data.resize_size, random_flip=bool(cfg_data.random_flip),
       max_boxes=info.max_boxes if cfg_data.train_boxes else 0,
-      num_epochs=num_epochs, **_loader_kwargs(cfg_data))
+      num_epochs=num_epochs, max_consecutive_unreadable=limit, split=split,
+      **_loader_kwargs(cfg_data))
   return TrainIterator(loader, info, source, batch_size)
 
 

@@ -53,6 +53,18 @@ def make_record(*, image: np.ndarray, label: int, boxes: np.ndarray, image_id: s
   return record
 
 
+class UnreadableDataError(RuntimeError):
+  """Too many images of a split in a row cannot be read (the message names the split and a
+  few files); training stops instead of waiting for a readable one forever."""
+
+
+def describe_errors(records: list[Record], limit: int = 3) -> str:
+  """``'id: error; id: error; ...'`` for the first ``limit`` error records."""
+  shown = "; ".join(f"{r['image_id']}: {str(r['error']).splitlines()[0][:120]}"
+                    for r in records[:limit])
+  return shown + (f"; ... ({len(records) - limit} more)" if len(records) > limit else "")
+
+
 def error_record(*, index: int, image_id: str, error: str, label: int = -1,
                  has_mask: bool = False) -> Record:
   """A placeholder record for an image that could not be read."""

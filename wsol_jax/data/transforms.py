@@ -9,7 +9,8 @@ Eval:   EvalRow (errors and padding rows become valid=False rows)
 Skipped images: a record whose 'error' is set is dropped from training by
 ``DropErrors``; ``CountSkipped`` (which runs just before, in the same worker,
 in record order) attaches to the next good row the number of error records
-it saw since the previous good row, as '_skipped'. Batched, these sum to the
+it saw since the previous good row, as '_skipped', and raises
+``records.UnreadableDataError`` when a run of them reaches its limit. Batched, these sum to the
 number of dropped records, across worker processes, and the iterator in the
 main process (``pipeline.TrainIterator``) adds them up and logs them.
 """
@@ -81,13 +82,24 @@ class CountSkipped(grain.MapTransform):
   are not reported.
   """
 
-  def __init__(self):
+  def __init__(self, max_consecutive: int = 0, split: str = ""):
+    self.max_consecutive = int(max_consecutive)
+    self.split = split
     self._pending = 0
+    self._examples: list[records.Record] = []
 
   def map(self, record: records.Record) -> records.Record:
     if record["error"]:
       self._pending += 1
+      if len(self._examples) < 3:
+        self._examples.append(record)
+      if self.max_consecutive and self._pending >= self.max_consecutive:
+        raise records.UnreadableDataError(
+            f"training split {self.split!r}: {self._pending} images in a row cannot be read "
+            f"(data.max_consecutive_unreadable={self.max_consecutive}), e.g. "
+            + records.describe_errors(self._examples))
       return record
+    self._examples = []
     record = dict(record)
     record["_skipped"] = np.int32(self._pending)
     self._pending = 0

@@ -1,0 +1,90 @@
+"""A training split whose images cannot be read stops the run with one message naming the
+split and a few files, instead of waiting forever for a readable image."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wsol_jax.data import config as data_config
+from wsol_jax.data import pipeline, records
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _dataset(root: pathlib.Path, good: int, bad: int) -> pathlib.Path:
+  """A CUB-style wsolevaluation folder whose train split has ``good`` readable images and
+  ``bad`` truncated ones (test/val: the readable ones)."""
+  entries = []
+  for k in range(good + bad):
+    image_id = f"00{k % 2}.class{k % 2}/img{k:03d}.jpg"
+    path = root / "images" / image_id
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(k).integers(0, 255, (40, 40, 3), np.uint8)).save(path)
+    if k >= good:
+      path.write_bytes(path.read_bytes()[:40])  # a header and nothing else
+    entries.append((image_id, k % 2))
+  for split, rows in (("train", entries), ("val", entries[:good]), ("test", entries[:good])):
+    d = root / "metadata" / split
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "image_ids.txt").write_text("\n".join(i for i, _ in rows))
+    (d / "class_labels.txt").write_text("\n".join(f"{i},{c}" for i, c in rows))
+    (d / "image_sizes.txt").write_text("\n".join(f"{i},40,40" for i, _ in rows))
+    (d / "localization.txt").write_text("\n".join(f"{i},5,5,30,30" for i, _ in rows))
+  return root
+
+
+def _data_config(root: pathlib.Path, limit: int = 100):
+  cfg = data_config.default_data_config()
+  cfg.name = "wsol_metadata"
+  cfg.metadata.update(dict(dataset="CUB", metadata_dir=str(root / "metadata"),
+                           image_root=str(root / "images"), num_classes=2))
+  cfg.image_size, cfg.resize_size = 32, 36
+  cfg.max_consecutive_unreadable = limit
+  return cfg
+
+
+def test_a_split_without_a_readable_image_fails_before_training(tmp_path):
+  root = _dataset(tmp_path, good=0, bad=12)
+  with pytest.raises(records.UnreadableDataError) as info:
+    pipeline.build_train_iterator(_data_config(root), batch_size=4, seed=0)
+  message = str(info.value)
+  assert "training split 'train': none of any of its 12 images can be read" in message
+  assert "000.class0/img000.jpg" in message and "(9 more)" in message and "\n" not in message
+
+
+def test_a_long_run_of_unreadable_images_stops_the_iterator(tmp_path):
+  root = _dataset(tmp_path, good=1, bad=40)  # the readable one comes first (preflight passes)
+  it = pipeline.build_train_iterator(_data_config(root, limit=10), batch_size=8, seed=0)
+  with pytest.raises(records.UnreadableDataError, match=r"10 images in a row cannot be read"):
+    for _ in range(50):
+      next(it)
+  unlimited = pipeline.build_train_iterator(_data_config(root, limit=0), batch_size=8, seed=0)
+  assert next(unlimited)["image"].shape == (8, 32, 32, 3)  # 0: no limit (skips and goes on)
+
+
+def test_the_train_cli_ends_with_one_error_line_instead_of_hanging(tmp_path):
+  root = _dataset(tmp_path / "data", good=0, bad=8)
+  cfg = tmp_path / "config.py"
+  cfg.write_text(
+      "from wsol_jax import config_lib\n"
+      "def get_config():\n"
+      "  c = config_lib.base_config()\n"
+      "  config_lib.set_synthetic_vit(c)\n"
+      "  config_lib.set_synthetic_smoke(c)\n"
+      "  c.data.name = 'wsol_metadata'\n"
+      f"  c.data.metadata.update(dict(dataset='CUB', metadata_dir={str(root / 'metadata')!r},\n"
+      f"                              image_root={str(root / 'images')!r}, num_classes=2))\n"
+      "  c.model.num_classes = 2\n"
+      "  return c\n")
+  done = subprocess.run([sys.executable, "-m", "wsol_jax.train", "--config", str(cfg),
+                         "--workdir", str(tmp_path / "run")], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert done.returncode == 1, done.stderr[-2000:]
+  errors = [l for l in done.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "training split 'train'" in errors[0] and "img000.jpg" in errors[0]
+  assert len(done.stderr.splitlines()) < 40, done.stderr[-3000:]
+  assert not (tmp_path / "run" / "checkpoints").exists()
