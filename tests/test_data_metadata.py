@@ -123,6 +123,48 @@ def test_bad_metadata_lines_name_file_and_line(tmp_path):
     wsol_metadata.read_split_metadata(str(d))
 
 
+def test_every_annotation_is_validated_with_file_line_and_image_id(tmp_path):
+  d = tmp_path / "CUB" / "test"
+
+  def write(ids=("a.jpg", "b.jpg"), labels=("a.jpg,0", "b.jpg,1"),
+            sizes=("a.jpg,40,30", "b.jpg,40,30"), boxes=("a.jpg,0,0,39,29", "b.jpg,1,1,20,20")):
+    _write_lines(d / "image_ids.txt", list(ids))
+    _write_lines(d / "class_labels.txt", list(labels))
+    _write_lines(d / "image_sizes.txt", list(sizes))
+    _write_lines(d / "localization.txt", list(boxes))
+  write()
+  assert wsol_metadata.read_split_metadata(str(d)).clipped_boxes == 0
+  cases = [
+      (dict(ids=("a.jpg", "b.jpg", "a.jpg")), r"image_ids.txt:3: duplicate image id 'a.jpg' "
+       r"\(first at line 1\)"),
+      (dict(labels=("a.jpg,0", "b.jpg,-1")), r"class_labels.txt:2: negative label -1 of image 'b.jpg'"),
+      (dict(sizes=("a.jpg,40,30", "b.jpg,0,30")), r"image_sizes.txt:2: size 0x30 of image 'b.jpg'"),
+      (dict(boxes=("a.jpg,0,0,39,29", "b.jpg,1,1,50,20")),
+       r"localization.txt:2: box of image 'b.jpg' leaves the image \(40x30 .*clip_boxes"),
+      (dict(boxes=("a.jpg,-2,0,39,29",)), r"localization.txt:1: box of image 'a.jpg' leaves"),
+      (dict(boxes=("a.jpg,9,0,3,29",)), r"localization.txt:1: invalid box of image 'a.jpg'"),
+  ]
+  for kwargs, message in cases:
+    write(**kwargs)
+    with pytest.raises(wsol_metadata.MetadataError, match=message):
+      wsol_metadata.read_split_metadata(str(d))
+  # Clipping is an explicit option; clipped boxes are counted.
+  write(boxes=("a.jpg,-2,0,39,29", "b.jpg,1,1,50,35", "b.jpg,2,2,8,8"))
+  meta = wsol_metadata.read_split_metadata(str(d), clip_boxes=True)
+  assert meta.clipped_boxes == 2
+  assert meta.boxes["a.jpg"] == [(0, 0, 39, 29)] and meta.boxes["b.jpg"][0] == (1, 1, 40, 30)
+  write(boxes=("a.jpg,50,0,60,29",))
+  with pytest.raises(wsol_metadata.MetadataError, match="lies outside the image"):
+    wsol_metadata.read_split_metadata(str(d), clip_boxes=True)
+  # A label above the class count names its line and image.
+  write(labels=("a.jpg,0", "b.jpg,7"))
+  (tmp_path / "img").mkdir()
+  with pytest.raises(wsol_metadata.MetadataError,
+                     match=r"class_labels.txt:2: label 7 of image 'b.jpg' >= num_classes 2"):
+    wsol_metadata.WsolMetadataSource(str(tmp_path / "CUB"), "test", str(tmp_path / "img"),
+                                     num_classes=2)
+
+
 def test_missing_metadata_or_images_say_how_to_get_them(cub, tmp_path):
   with pytest.raises(wsol_metadata.MetadataNotFoundError, match="clovaai/wsolevaluation"):
     wsol_metadata.WsolMetadataSource(str(tmp_path / "nothing"), "test", str(tmp_path))

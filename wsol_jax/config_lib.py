@@ -237,8 +237,9 @@ RESUMABLE = ("training.num_epochs", "training.total_steps", "training.log_every_
              "checkpoint.", "cpu_tuning", "mesh.", "model.pretrained", "data.data_dir",
              "data.download", "data.worker_count", "data.worker_buffer_size",
              "data.read_threads", "data.read_prefetch", "data.val_split", "data.test_split",
-             "data.use_masks", "data.max_consecutive_unreadable", "data.metadata.image_root", "data.metadata.val_image_root",
-             "data.metadata.mask_root", "data.metadata.metadata_dir", "data.synthetic.generate")
+             "data.use_masks", "data.max_consecutive_unreadable", "data.metadata.image_root",
+             "data.metadata.val_image_root", "data.metadata.mask_root",
+             "data.metadata.metadata_dir", "data.synthetic.generate")
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

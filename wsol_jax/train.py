@@ -45,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except (trainer.NonFiniteLossError, trainer.ckpt_lib.CheckpointError,
-          trainer.data_lib.UnreadableDataError) as e:
+          trainer.data_lib.UnreadableDataError, trainer.data_lib.MetadataError,
+          trainer.data_lib.MetadataNotFoundError, trainer.data_lib.DatasetNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0 if results is not None else 1

@@ -233,6 +233,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     protocols_lib.check_supported(protocols_lib.resolve_names(config.eval, method))
   train_iter = data_lib.build_train_iterator(config.data, int(config.training.batch_size),
                                              seed=int(config.seed))
+  if config.eval.test_at_end and config.data.test_split:
+    # Reading the source validates the split's metadata: a bad box in the test split stops
+    # the run now, not after training. (The selection split's is read below.)
+    data_lib.make_source(config.data, config.data.test_split)
   if train_iter.num_classes != method.num_classes:
     raise ValueError(f"model.num_classes={method.num_classes} but the dataset "
                      f"{config.data.name!r} has {train_iter.num_classes} classes")

@@ -36,6 +36,9 @@ Fields of ``cfg_data`` (``default_data_config()``; '' / 0 mean "dataset default"
     val_image_root images of the val split when kept elsewhere (e.g. CUBV2; '' = image_root).
     mask_root      e.g. 'dataset/OpenImages' ('' = image_root).
     num_classes    0 = by dataset.
+    clip_boxes     clip boxes that leave their image (counted and logged) instead of
+                   failing on them (False). Every split's metadata is validated before
+                   the first training step (ids, labels, sizes, boxes; file:line).
   synthetic      for name='synthetic' (see ``synthetic.SyntheticParams``;
                  ``synthetic_demo_config('easy'|'default'|'hard')`` applies a preset):
     generate       create the dataset in data_dir if it is missing (True).
@@ -82,7 +85,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   cfg.read_prefetch = 128
   cfg.metadata = ml_collections.ConfigDict(dict(
       dataset="CUB", metadata_dir="", image_root="", val_image_root="", mask_root="",
-      num_classes=0))
+      num_classes=0, clip_boxes=False))
   render = synthetic_render.RenderParams()
   cfg.synthetic = ml_collections.ConfigDict(dict(
       generate=True, num_train=8000, num_val=300, num_test=600, seed=0,

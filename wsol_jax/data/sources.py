@@ -71,7 +71,7 @@ def make_source(cfg: Any, split: str) -> Source:
     return wsol_metadata.WsolMetadataSource(
         m.metadata_dir, split, image_root, mask_root=m.mask_root or None,
         dataset=m.dataset or None, num_classes=m.num_classes or None,
-        use_masks=use_masks)
+        use_masks=use_masks, clip_boxes=bool(m.clip_boxes))
   raise ValueError(f"unknown dataset name {cfg.name!r}; expected one of {config_lib.NAMES}")
 
 

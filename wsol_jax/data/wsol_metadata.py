@@ -61,6 +61,8 @@ class SplitMetadata:
   boxes: dict[str, list[tuple[float, float, float, float]]]
   mask_paths: dict[str, list[str]]
   ignore_paths: dict[str, str]
+  label_lines: dict[str, int] = dataclasses.field(default_factory=dict)  # class_labels.txt line
+  clipped_boxes: int = 0  # boxes clipped to their image (clip_boxes=True)
 
   @property
   def has_masks(self) -> bool:
@@ -89,29 +91,48 @@ def _number(path: str, lineno: int, line: str, text: str, kind=float):
     raise MetadataError(f"{path}:{lineno}: {text!r} is not a number in {line!r}") from None
 
 
-def read_split_metadata(split_dir: str) -> SplitMetadata:
-  """Parses the four metadata files of one split folder.
+def read_split_metadata(split_dir: str, clip_boxes: bool = False) -> SplitMetadata:
+  """Parses and validates the four metadata files of one split folder.
+
+  Every line is checked: ids unique, labels non-negative, sizes positive, boxes with
+  0 ≤ x0 ≤ x1, 0 ≤ y0 ≤ y1 and inside their image (x1 ≤ W, y1 ≤ H). ``clip_boxes`` clips
+  boxes that leave the image instead of failing; they are counted (``clipped_boxes``).
 
   Raises:
     MetadataNotFoundError: a file is missing.
-    MetadataError: a malformed line (file:line in the message), or an image id
-      without a label or size.
+    MetadataError: a malformed or invalid line (file:line and the image id in the message),
+      or an image id without a label or size.
   """
   ids_path = os.path.join(split_dir, "image_ids.txt")
   labels_path = os.path.join(split_dir, "class_labels.txt")
   sizes_path = os.path.join(split_dir, "image_sizes.txt")
   loc_path = os.path.join(split_dir, "localization.txt")
 
-  image_ids = [line for _, line in _lines(ids_path)]
+  image_ids, first_line = [], {}
+  for lineno, image_id in _lines(ids_path):
+    if image_id in first_line:
+      raise MetadataError(f"{ids_path}:{lineno}: duplicate image id {image_id!r} (first at line "
+                          f"{first_line[image_id]})")
+    first_line[image_id] = lineno
+    image_ids.append(image_id)
   labels: dict[str, int] = {}
+  label_lines: dict[str, int] = {}
   for lineno, line in _lines(labels_path):
     image_id, label = _split_fields(labels_path, lineno, line, 2, "image_id,label")
     labels[image_id] = _number(labels_path, lineno, line, label, int)
+    label_lines[image_id] = lineno
+    if labels[image_id] < 0:
+      raise MetadataError(f"{labels_path}:{lineno}: negative label {labels[image_id]} of image "
+                          f"{image_id!r}")
   sizes: dict[str, tuple[int, int]] = {}
   for lineno, line in _lines(sizes_path):
     image_id, w, h = _split_fields(sizes_path, lineno, line, 3, "image_id,W,H")
     sizes[image_id] = (_number(sizes_path, lineno, line, w, int),
                        _number(sizes_path, lineno, line, h, int))
+    if min(sizes[image_id]) <= 0:
+      raise MetadataError(f"{sizes_path}:{lineno}: size {sizes[image_id][0]}x{sizes[image_id][1]} "
+                          f"of image {image_id!r} is not positive")
+  clipped = 0
 
   boxes: dict[str, list[tuple[float, float, float, float]]] = {}
   mask_paths: dict[str, list[str]] = {}
@@ -133,9 +154,21 @@ def read_split_metadata(split_dir: str) -> SplitMetadata:
     else:
       fields = _split_fields(loc_path, lineno, line, 5, "image_id,x0,y0,x1,y1")
       x0, y0, x1, y1 = (_number(loc_path, lineno, line, v) for v in fields[1:])
-      if x1 < x0 or y1 < y0 or min(x0, y0) < 0:
-        raise MetadataError(f"{loc_path}:{lineno}: invalid box (need 0 <= x0 <= x1, "
-                            f"0 <= y0 <= y1): {line!r}")
+      if x1 < x0 or y1 < y0:
+        raise MetadataError(f"{loc_path}:{lineno}: invalid box of image {fields[0]!r} (need "
+                            f"x0 <= x1, y0 <= y1): {line!r}")
+      w, h = sizes.get(fields[0], (float("inf"), float("inf")))
+      if min(x0, y0) < 0 or x1 > w or y1 > h:
+        if not clip_boxes:
+          raise MetadataError(
+              f"{loc_path}:{lineno}: box of image {fields[0]!r} leaves the image ({w}x{h} in "
+              f"image_sizes.txt): {line!r} (set data.metadata.clip_boxes=True to clip such "
+              "boxes)")
+        clipped += 1
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        if x1 < x0 or y1 < y0:
+          raise MetadataError(f"{loc_path}:{lineno}: box of image {fields[0]!r} lies outside "
+                              f"the image ({w}x{h}): {line!r}")
       boxes.setdefault(fields[0], []).append((x0, y0, x1, y1))
 
   for image_id in image_ids:
@@ -143,7 +176,8 @@ def read_split_metadata(split_dir: str) -> SplitMetadata:
       raise MetadataError(f"{labels_path}: no label for image {image_id!r} (listed in {ids_path})")
     if image_id not in sizes:
       raise MetadataError(f"{sizes_path}: no size for image {image_id!r} (listed in {ids_path})")
-  return SplitMetadata(image_ids, labels, sizes, boxes, mask_paths, ignore_paths)
+  return SplitMetadata(image_ids, labels, sizes, boxes, mask_paths, ignore_paths, label_lines,
+                       clipped)
 
 
 def _class_names(meta: SplitMetadata, num_classes: int) -> list[str]:
@@ -173,7 +207,8 @@ class WsolMetadataSource:
 
   def __init__(self, metadata_dir: str, split: str, image_root: str | Mapping[str, str], *,
                mask_root: str | None = None, dataset: str | None = None,
-               num_classes: int | None = None, use_masks: bool = True):
+               num_classes: int | None = None, use_masks: bool = True,
+               clip_boxes: bool = False):
     """Reads ``<metadata_dir>/<split>/*.txt``.
 
     Args:
@@ -186,6 +221,7 @@ class WsolMetadataSource:
         name), used for the class count.
       num_classes: overrides the class count (default: by dataset, else max label + 1).
       use_masks: deliver OpenImages masks as the record 'mask'.
+      clip_boxes: clip boxes that leave their image (counted, logged) instead of failing.
     """
     split_dir = os.path.join(metadata_dir, split)
     if not os.path.isdir(split_dir):
@@ -200,14 +236,19 @@ class WsolMetadataSource:
     self.split = split
     self.image_root = root
     self.mask_root = mask_root or root
-    self._meta = read_split_metadata(split_dir)
+    self._meta = read_split_metadata(split_dir, clip_boxes)
+    if self._meta.clipped_boxes:
+      logging.warning("%s/localization.txt: %d box(es) left their image and were clipped "
+                      "(data.metadata.clip_boxes)", split_dir, self._meta.clipped_boxes)
     self.image_ids = self._meta.image_ids
     dataset = dataset or os.path.basename(os.path.normpath(metadata_dir))
     labels = [self._meta.labels[i] for i in self.image_ids]
     self.num_classes = int(num_classes or NUM_CLASSES.get(dataset, 0)
                            or (max(labels) + 1 if labels else 0))
     if labels and max(labels) >= self.num_classes:
-      raise MetadataError(f"{split_dir}/class_labels.txt: label {max(labels)} >= num_classes "
+      image_id = max(self.image_ids, key=lambda i: self._meta.labels[i])
+      raise MetadataError(f"{split_dir}/class_labels.txt:{self._meta.label_lines[image_id]}: "
+                          f"label {max(labels)} of image {image_id!r} >= num_classes "
                           f"{self.num_classes}")
     self.class_names = _class_names(self._meta, self.num_classes)
     self.has_masks = bool(use_masks) and self._meta.has_masks

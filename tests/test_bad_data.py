@@ -1,5 +1,6 @@
-"""A training split whose images cannot be read stops the run with one message naming the
-split and a few files, instead of waiting forever for a readable image."""
+"""Bad data stops a run early with one message: a training split whose images cannot be read
+(naming the split and a few files, instead of waiting forever for a readable image), and a bad
+annotation in any split (file:line, before the first training step)."""
 import os
 import pathlib
 import subprocess
@@ -66,8 +67,7 @@ def test_a_long_run_of_unreadable_images_stops_the_iterator(tmp_path):
   assert next(unlimited)["image"].shape == (8, 32, 32, 3)  # 0: no limit (skips and goes on)
 
 
-def test_the_train_cli_ends_with_one_error_line_instead_of_hanging(tmp_path):
-  root = _dataset(tmp_path / "data", good=0, bad=8)
+def _cli(tmp_path, root):
   cfg = tmp_path / "config.py"
   cfg.write_text(
       "from wsol_jax import config_lib\n"
@@ -80,11 +80,28 @@ def test_the_train_cli_ends_with_one_error_line_instead_of_hanging(tmp_path):
       f"                              image_root={str(root / 'images')!r}, num_classes=2))\n"
       "  c.model.num_classes = 2\n"
       "  return c\n")
-  done = subprocess.run([sys.executable, "-m", "wsol_jax.train", "--config", str(cfg),
+  return subprocess.run([sys.executable, "-m", "wsol_jax.train", "--config", str(cfg),
                          "--workdir", str(tmp_path / "run")], cwd=ROOT, capture_output=True,
                         text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_the_train_cli_ends_with_one_error_line_instead_of_hanging(tmp_path):
+  done = _cli(tmp_path, _dataset(tmp_path / "data", good=0, bad=8))
   assert done.returncode == 1, done.stderr[-2000:]
   errors = [l for l in done.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "training split 'train'" in errors[0] and "img000.jpg" in errors[0]
   assert len(done.stderr.splitlines()) < 40, done.stderr[-3000:]
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_bad_box_in_the_test_split_stops_the_run_before_the_first_step(tmp_path):
+  root = _dataset(tmp_path / "data", good=16, bad=0)
+  loc = root / "metadata" / "test" / "localization.txt"
+  lines = loc.read_text().splitlines()
+  lines[3] = lines[3].rsplit(",", 2)[0] + ",90,30"  # x1 = 90 > W = 40
+  loc.write_text("\n".join(lines))
+  done = _cli(tmp_path, root)
+  assert done.returncode == 1, done.stderr[-2000:]
+  [error] = [l for l in done.stderr.splitlines() if l.startswith("error:")]
+  assert f"{loc}:4: box of image '001.class1/img003.jpg' leaves the image" in error
   assert not (tmp_path / "run" / "checkpoints").exists()
