@@ -196,3 +196,10 @@ def test_make_source_generates_or_explains(tmp_path):
   cfg.synthetic.generate = True
   src = sources.make_source(cfg, "val")
   assert len(src) == TINY["num_val"]
+
+
+def test_generation_does_not_say_it_downloads(tmp_path, capfd):
+  synthetic.ensure_synthetic_dataset(str(tmp_path), num_train=4, num_val=2, num_test=2,
+                                     min_size=40, max_size=48, seed=3)
+  out = capfd.readouterr().out
+  assert "nothing is downloaded" in out and "Downloading" not in out

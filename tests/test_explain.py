@@ -133,6 +133,10 @@ def test_cli_failures(vit_dir, image_files, tmp_path, capsys):
   assert explain.main(["--checkpoint", str(tmp_path / "nothing"), "--images", image_files[0],
                        "--out", str(tmp_path / "d")]) == 1
   assert "not a wsol_jax model directory" in capsys.readouterr().err
+  with pytest.raises(SystemExit):  # a score-map threshold lies in [0, 1]
+    explain.main(["--checkpoint", str(path), "--images", image_files[0], "--threshold", "7",
+                  "--out", str(tmp_path / "e")])
+  assert "--threshold is a score-map threshold in [0, 1], got 7.0" in capsys.readouterr().err
 
 
 def test_output_names_are_unique():

@@ -129,3 +129,21 @@ def test_config_changes_and_which_keys_a_resume_may_change():
   assert [k for k in changes if config_lib.resumable(k)] == ["eval.batch_size",
                                                               "training.num_epochs"]
   assert not config_lib.resumable("training.batch_size") and not config_lib.resumable("seed")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("training.batch_size=-4", "training.batch_size=-4 must be a positive multiple of the 8 devices"),
+    ("eval.batch_size=12", "eval.batch_size=12 must be a positive multiple of the 8 devices; e.g. 8"),
+])
+def test_batch_sizes_follow_one_rule_and_fail_naming_the_key(tmp_path, capsys, override, message):
+  code = train_cli.main(["--config", "configs/scm_synthetic.py:smoke", "--workdir",
+                         str(tmp_path / "w"), f"--config.{override}"])
+  assert code == 2 and message in capsys.readouterr().err
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_workdir_that_is_a_file_is_one_error_line(tmp_path, capsys):
+  (tmp_path / "w").write_text("")
+  code = train_cli.main(["--config", "configs/scm_synthetic.py:smoke", "--workdir",
+                         str(tmp_path / "w")])
+  assert code == 2 and "is a file, not a directory" in capsys.readouterr().err

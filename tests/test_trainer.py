@@ -153,6 +153,11 @@ def test_damaged_newest_checkpoints_are_set_aside_and_training_resumes_bit_ident
   assert len(lines) == 2 and str(ckpts / "12") in lines[0] and str(ckpts / "8") in lines[1]
   assert f"resumed {damaged} at step 4" in again.stderr
   assert sorted(p.name for p in (damaged / "unrestorable" / "checkpoints").iterdir()) == ["12", "8"]
+  # The re-run steps 5-12 are logged once: the first run's rows of them were moved aside.
+  rows = [json.loads(l) for l in (damaged / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, 13))
+  superseded = (damaged / "metrics.superseded.jsonl").read_text().splitlines()
+  assert [json.loads(l)["step"] for l in superseded if '"train"' in l] == list(range(5, 13))
   jax.tree_util.tree_map(np.testing.assert_array_equal, _final_params(reference, 12),
                          _final_params(damaged, 12))
 
@@ -192,7 +197,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
   _wait_for(workdir / "checkpoints" / "4", proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err[-3000:]
+  assert proc.returncode == train_cli.EXIT_PREEMPTED == 75, err[-3000:]
   saved = [line for line in err.splitlines() if "SIGTERM: saved the checkpoint of step" in line]
   assert saved, err[-3000:]
   step = int(saved[0].split("step ")[1].split(";")[0])

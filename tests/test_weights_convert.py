@@ -248,3 +248,21 @@ def test_unknown_model_missing_file_and_existing_output(tmp_path, golden_dir, go
   assert "not found" in capsys.readouterr().err
   assert _run(golden_vit_dir, *TINY, "--checkpoint", ckpt) == 1
   assert "--overwrite" in capsys.readouterr().err
+
+
+def test_a_killed_writer_leaves_no_temporary_directory_behind(tmp_path):
+  """A writer killed mid-save leaves ``.NAME.tmp-<pid>-*``; the next save of NAME removes it
+  (its process is gone) and keeps a live process's."""
+  import os
+  import subprocess
+  import sys
+  from wsol_jax.models import pretrained
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  stale = tmp_path / f".out.tmp-{dead}-abc"
+  live = tmp_path / f".out.tmp-{os.getpid()}-xyz"
+  for d in (stale, live):
+    (d / "variables").mkdir(parents=True)
+  pretrained.save_pretrained(tmp_path / "out", {"params": {"w": np.zeros(2, np.float32)}},
+                             {"model": "x"})
+  assert not stale.exists() and live.exists() and (tmp_path / "out" / "wsol_model.json").is_file()

@@ -216,6 +216,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   args = parser.parse_args(argv)
   if args.batch_size < 1:
     parser.error("--batch-size must be >= 1")
+  if not 0.0 <= args.threshold <= 1.0:
+    parser.error(f"--threshold is a score-map threshold in [0, 1], got {args.threshold}")
   return args
 
 

@@ -49,6 +49,29 @@ class MetricWriter:
     except ImportError:
       pass
 
+  def supersede_after(self, step: int) -> int:
+    """A resume at ``step`` re-runs the steps after it: their rows (train and eval) move
+    from ``metrics.jsonl`` to ``metrics.superseded.jsonl``, so every step is logged once.
+    Returns the number of rows moved."""
+    if jax.process_index() != 0 or not self.path.is_file():
+      return 0
+    self._file.close()
+    keep, moved = [], []
+    for line in self.path.read_text().splitlines():
+      try:
+        later = int(json.loads(line).get("step", 0)) > step
+      except (ValueError, AttributeError):
+        later = False  # not ours to judge: keep the line as it is
+      (moved if later else keep).append(line)
+    if moved:
+      with open(self.path.with_name("metrics.superseded.jsonl"), "a") as f:
+        f.write("".join(line + "\n" for line in moved))
+      tmp = self.path.with_suffix(".jsonl.tmp")
+      tmp.write_text("".join(line + "\n" for line in keep))
+      tmp.replace(self.path)
+    self._file = self.path.open("a")
+    return len(moved)
+
   def _write(self, row: Mapping[str, Any]) -> None:
     self._file.write(json.dumps(row, sort_keys=True) + "\n")
     self._file.flush()

@@ -4,6 +4,11 @@ Config overrides: ``--config.optimizer.lr=1e-4 --config.training.batch_size=64``
 unknown or mistyped key fails before any compute, naming the closest valid keys).
 Re-running the same command resumes from the latest checkpoint in ``--workdir``;
 SIGTERM saves a checkpoint and exits cleanly.
+
+Exit codes: 0 trained and evaluated; 1 the run failed (a message says why; checkpoints
+written so far are intact); 2 a bad command line or config (nothing was run or written);
+75 (``EXIT_PREEMPTED``, EX_TEMPFAIL) stopped by SIGTERM after saving a checkpoint: re-run
+the same command to resume.
 """
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import sys
 from typing import Sequence
 
 from wsol_jax import config_lib
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a scheduler can tell a preemption from a finished run
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -49,7 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           trainer.data_lib.MetadataNotFoundError, trainer.data_lib.DatasetNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  return 0 if results is not None else 1
+  if results is None:
+    return 1
+  return EXIT_PREEMPTED if "preempted_at_step" in results else 0
 
 
 if __name__ == "__main__":

@@ -220,11 +220,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   """
   runtime = runtime if runtime is not None else Runtime()
   workdir = config_lib.local_dir(workdir, "workdir")
+  if workdir.exists() and not workdir.is_dir():
+    raise config_lib.ConfigError(f"--workdir {workdir} is a file, not a directory")
+  mesh = sharding.make_mesh(tuple(config.mesh.shape) or None)
+  for key in ("training.batch_size", "eval.batch_size"):  # one rule, checked before any file
+    size, n_dev = int(config[key.split(".")[0]].batch_size), mesh.devices.size
+    if size <= 0 or size % n_dev:
+      raise config_lib.ConfigError(f"{key}={size} must be a positive multiple of the {n_dev} "
+                                   f"devices; e.g. {max(n_dev, size // n_dev * n_dev)}")
   config_dict = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as stored
   changes = _check_resume_config(workdir, config_dict) if workdir.is_dir() else {}
   workdir.mkdir(parents=True, exist_ok=True)
   reporting.setup_logging(workdir)
-  mesh = sharding.make_mesh(tuple(config.mesh.shape) or None)
   method = methods_lib.get_method(config, runtime)
   ran = runtime.describe(method.model.dtype)
   log.info(runtime.summary(method.model.dtype))
@@ -263,6 +270,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   else:
     state, start = restored
     log.info("resumed %s at step %d of %d", workdir, start, total_steps)
+    moved = writer.supersede_after(start)
+    if moved:
+      log.info("moved %d metrics rows of steps after %d (re-run now) to "
+               "metrics.superseded.jsonl", moved, start)
 
   step_fn = jit_train_step(make_train_step(method, tx, schedule), mesh, runtime)
   from wsol_jax.eval import evaluator as evaluator_lib

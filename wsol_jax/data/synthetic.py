@@ -142,6 +142,14 @@ class WsolSynthetic(tfds.core.GeneratorBasedBuilder):
   """Shapes on cluttered backgrounds with exact boxes and masks (see module docstring)."""
 
   VERSION = tfds.core.Version("1.0.0")
+
+  # Nothing is downloaded: TFDS's "Downloading and preparing dataset ..." would read like it.
+  def _log_download_bytes(self) -> None:
+    print(f"generating the synthetic dataset {self.name}/{self.builder_config.name} in "
+          f"{self.data_dir} (once; nothing is downloaded) ...", flush=True)
+
+  def _log_download_done(self) -> None:
+    print(f"generated {self.data_dir}", flush=True)
   RELEASE_NOTES = {"1.0.0": "First release."}
   BUILDER_CONFIGS = [WsolSyntheticConfig.from_params(SyntheticParams())]
   num_workers: int = 0  # generation processes; 0 = automatic (set before preparing)

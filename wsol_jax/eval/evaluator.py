@@ -236,8 +236,9 @@ class LocalizationEvaluator:
     self.mesh = mesh if mesh is not None else sharding.make_mesh()
     self.batch_size = int(eval_config.batch_size)
     n_dev = self.mesh.devices.size
-    if self.batch_size % n_dev:
-      self.batch_size = max(n_dev, self.batch_size // n_dev * n_dev)
+    if self.batch_size <= 0 or self.batch_size % n_dev:  # one rule for both batch sizes
+      raise ValueError(f"eval.batch_size={self.batch_size} must be a positive multiple of the "
+                       f"{n_dev} devices; e.g. {max(n_dev, self.batch_size // n_dev * n_dev)}")
     self.iterator = data_lib.build_eval_iterator(data_config, split, self.batch_size)
     self.delta = float(eval_config.cam_curve_interval)
     self.iou_thresholds = tuple(int(t) for t in eval_config.iou_thresholds)

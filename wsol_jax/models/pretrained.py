@@ -37,7 +37,8 @@ def save_pretrained(out_dir: str | os.PathLike, variables: dict[str, Any], meta:
   if out.exists() and not overwrite:
     raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
   out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+  _remove_stale_temporaries(out)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
   try:
     # Only this process writes (a multi-process trainer exports from process 0 alone).
     me = jax.process_index()
@@ -57,6 +58,21 @@ def save_pretrained(out_dir: str | os.PathLike, variables: dict[str, Any], meta:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out
+
+
+def _remove_stale_temporaries(out: pathlib.Path) -> None:
+  """Removes ``.NAME.tmp-<pid>-*`` directories that a killed writer of ``out`` left (its
+  process is gone); another live writer's are kept."""
+  for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+    pid = tmp.name[len(f".{out.name}.tmp-"):].split("-")[0]
+    if not pid.isdigit() or not tmp.is_dir():
+      continue
+    try:
+      os.kill(int(pid), 0)
+    except ProcessLookupError:
+      shutil.rmtree(tmp, ignore_errors=True)
+    except PermissionError:  # alive, another user's process
+      pass
 
 
 def read_meta(model_dir: str | os.PathLike) -> dict[str, Any]:
