@@ -105,3 +105,15 @@ def test_a_bad_box_in_the_test_split_stops_the_run_before_the_first_step(tmp_pat
   [error] = [l for l in done.stderr.splitlines() if l.startswith("error:")]
   assert f"{loc}:4: box of image '001.class1/img003.jpg' leaves the image" in error
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_unreadable_images_are_named_once_and_counted_in_aggregate(tmp_path, caplog):
+  root = _dataset(tmp_path, good=8, bad=4)
+  with caplog.at_level("WARNING", logger="wsol_jax.data"):
+    it = pipeline.build_train_iterator(_data_config(root), batch_size=8, seed=0)
+    for _ in range(12):  # 8 epochs' worth of batches: every bad image is read ~8 times
+      next(it)
+  named = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unreadable image")]
+  assert len(named) == 4 == len(set(named))  # each image once, not at every read
+  counts = [r.getMessage() for r in caplog.records if "skipped so far" in r.getMessage()]
+  assert it.num_skipped >= 16 and len(counts) <= it.num_skipped.bit_length()

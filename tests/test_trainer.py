@@ -1,6 +1,7 @@
 """End-to-end training on the synthetic dataset: CLI runs, exact resume, data parallel, NaN, SIGTERM."""
 import json
 import os
+import re
 import pathlib
 import signal
 import subprocess
@@ -183,6 +184,9 @@ def test_a_resume_with_another_config_is_refused_before_anything_is_written_or_l
   longer = _run(_args("tscam", workdir, data_dir, "--config.training.total_steps=8", *base))
   assert longer.returncode == 0, longer.stderr[-3000:]
   assert "resuming with config changes: training.total_steps: 4 -> 8" in longer.stderr
+  # Output is not a terminal here: progress comes as log lines (in train.log too).
+  assert re.search(r"step 8/8  loss \d+\.\d+  \d+\.\d img/s  ETA 00:00:00", longer.stderr)
+  assert "step 8/8  loss" in (workdir / "train.log").read_text()
   history = [json.loads(l) for l in (workdir / "config_history.jsonl").read_text().splitlines()]
   assert [h["changes"] for h in history] == [{"training.total_steps": {"from": 4, "to": 8}}]
   assert json.loads((workdir / "config.json").read_text())["training"]["total_steps"] == 8
@@ -211,6 +215,7 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(t
                               "--config.checkpoint.every_steps=1", "--config.training.log_every_steps=1"))
   err = capsys.readouterr().err
   assert code == 1 and "non-finite loss or gradient at step" in err
+  assert "ERROR wsol_jax.train: error: non-finite loss" in (workdir / "train.log").read_text()
   bad_step = int(err.split("at step ")[1].split()[0])
   saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert saved and saved[-1] == bad_step - 1

@@ -18,14 +18,16 @@ def setup_logging(workdir: pathlib.Path | None = None) -> None:
   """Logs INFO to stderr and, with a workdir, to ``workdir/train.log`` (``train.<p>.log``
   for process p > 0 of a multi-process run)."""
   root = logging.getLogger("wsol_jax")
-  if root.handlers:
-    return
-  root.setLevel(logging.INFO)
-  root.propagate = False
   fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-  handler = logging.StreamHandler(sys.stderr)
-  handler.setFormatter(fmt)
-  root.addHandler(handler)
+  if not any(type(h) is logging.StreamHandler for h in root.handlers):
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(fmt)
+    root.addHandler(handler)
+  for old in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+    root.removeHandler(old)  # another run of this process: its own train.log
+    old.close()
   if workdir is not None:
     p = jax.process_index()
     fh = logging.FileHandler(pathlib.Path(workdir) / ("train.log" if p == 0 else f"train.{p}.log"))
@@ -99,23 +101,42 @@ class MetricWriter:
       self._tb.close()
 
 
-class Progress:
-  """A tqdm bar over training steps with loss, throughput (img/s) and ETA."""
+def record_error(message: str) -> None:
+  """Writes ``message`` as an ERROR line to ``train.log`` (the file handlers only: the CLI
+  prints it on the console itself)."""
+  record = logging.LogRecord("wsol_jax.train", logging.ERROR, __file__, 0, message, None, None)
+  for handler in logging.getLogger("wsol_jax").handlers:
+    if isinstance(handler, logging.FileHandler):
+      handler.handle(record)
 
-  def __init__(self, total: int, start: int, batch_size: int, disable: bool | None = None):
+
+class Progress:
+  """A tqdm bar over training steps with loss, throughput (img/s) and ETA; where output is
+  not a terminal (the bar is off), a log line with the same at most every ``every_s``
+  seconds and at the last step."""
+
+  def __init__(self, total: int, start: int, batch_size: int, disable: bool | None = None,
+               every_s: float = 15.0):
     from tqdm.auto import tqdm
-    self.batch_size = batch_size
+    self.batch_size, self.total, self.every_s = batch_size, total, every_s
     self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
                      disable=disable, desc="train")
     self._last_step, self._last_time = start, time.perf_counter()
+    self._logged = float("-inf")
 
   def update(self, step: int, row: Mapping[str, float]) -> None:
     now = time.perf_counter()
-    rate = (step - self._last_step) * self.batch_size / max(now - self._last_time, 1e-9)
+    seconds_per_step = (now - self._last_time) / max(step - self._last_step, 1)
+    rate = self.batch_size / max(seconds_per_step, 1e-9)
     self._last_step, self._last_time = step, now
-    self._bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}", img_s=f"{rate:.1f}",
-                          lr=f"{row.get('lr', 0):.2e}")
+    loss = row.get("loss", float("nan"))
+    self._bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}", lr=f"{row.get('lr', 0):.2e}")
     self._bar.update(step - self._bar.n)
+    if self._bar.disable and (now - self._logged >= self.every_s or step >= self.total):
+      self._logged = now
+      eta = time.strftime("%H:%M:%S", time.gmtime((self.total - step) * seconds_per_step))
+      logging.getLogger("wsol_jax.train").info(
+          "step %d/%d  loss %.4f  %.1f img/s  ETA %s", step, self.total, loss, rate, eta)
 
   def close(self) -> None:
     self._bar.close()

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  from wsol_jax import trainer
+  from wsol_jax import reporting, trainer
   try:
     results = trainer.train_and_evaluate(config, workdir, runtime)
   except config_lib.ConfigError as e:  # e.g. a resume with another architecture
@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           trainer.data_lib.UnreadableDataError, trainer.data_lib.MetadataError,
           trainer.data_lib.MetadataNotFoundError, trainer.data_lib.DatasetNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
+    reporting.record_error(f"error: {e}")  # train.log keeps it too
     return 1
   if results is None:
     return 1

@@ -56,6 +56,8 @@ from wsol_jax.data import config as config_lib
 from wsol_jax.data import records, sources, transforms
 from wsol_jax.data.sources import DatasetInfo, dataset_info, make_source  # re-exported
 
+log = logging.getLogger("wsol_jax.data")  # console and train.log
+
 __all__ = ["DatasetInfo", "EvalIterator", "TrainIterator", "build_eval_iterator",
            "build_train_iterator", "dataset_info", "eval_loader", "local_batch_size",
            "make_source", "train_loader"]
@@ -202,9 +204,12 @@ class TrainIterator:
     batch = dict(next(self._it))
     skipped = int(np.sum(batch.pop("_skipped")))
     if skipped:
-      self.num_skipped += skipped
-      logging.warning("training data: skipped %d unreadable image(s) (%d so far) in %r",
-                      skipped, self.num_skipped, self.source)
+      before, self.num_skipped = self.num_skipped, self.num_skipped + skipped
+      # Aggregated: one line when the count first reaches 1, 2, 4, 8, ... (each image is
+      # also named once by its source).
+      if before == 0 or before.bit_length() < self.num_skipped.bit_length():
+        log.warning("training data: %d unreadable image(s) skipped so far in %r",
+                    self.num_skipped, self.source)
     return batch
 
   def get_state(self) -> bytes:
@@ -258,9 +263,12 @@ class EvalIterator:
         new = [int(i) for i in np.asarray(batch["index"])[errors]]
         self.skipped_indices.extend(new)
         self.num_skipped += len(new)
-        logging.warning("evaluation data: %d unreadable image(s) marked invalid (%d so far) in "
-                        "%r: indices %s", len(new), self.num_skipped, self.source, new)
       yield batch
+    if self.num_skipped:  # one line per pass
+      shown = self.skipped_indices[:5]
+      log.warning("evaluation data: %d unreadable image(s) marked invalid in %r: indices %s%s",
+                  self.num_skipped, self.source, shown,
+                  " ..." if self.num_skipped > len(shown) else "")
 
 
 def _loader_kwargs(cfg: Any) -> dict[str, Any]:

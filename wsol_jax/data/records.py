@@ -53,6 +53,17 @@ def make_record(*, image: np.ndarray, label: int, boxes: np.ndarray, image_id: s
   return record
 
 
+_WARNED: set[tuple[str, str]] = set()
+
+
+def warn_once(logger: Any, kind: str, key: str, message: str, *args: Any) -> None:
+  """``logger.warning(message, *args)`` the first time this process sees (kind, key): an
+  image read every epoch and every evaluation is named once, not at every read."""
+  if (kind, key) not in _WARNED:
+    _WARNED.add((kind, key))
+    logger.warning(message, *args)
+
+
 class UnreadableDataError(RuntimeError):
   """Too many images of a split in a row cannot be read (the message names the split and a
   few files); training stops instead of waiting for a readable one forever."""

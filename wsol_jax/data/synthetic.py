@@ -56,6 +56,8 @@ import tensorflow_datasets as tfds
 
 from wsol_jax.data import synthetic_render
 
+log = logging.getLogger("wsol_jax.data")  # console and train.log
+
 DATASET_NAME = "wsol_synthetic"
 SPLITS = ("train", "val", "test")
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -203,7 +205,7 @@ class WsolSynthetic(tfds.core.GeneratorBasedBuilder):
           examples = fut.result()
         except concurrent.futures.process.BrokenProcessPool:
           # E.g. a script without a ``__main__`` guard: finish in this process.
-          logging.warning("synthetic generation workers failed; generating in-process")
+          log.warning("synthetic generation workers failed; generating in-process")
           examples = render_encoded(params, split, s, min(s + chunk, n))
         yield from examples
 
@@ -277,6 +279,6 @@ def ensure_synthetic_dataset(data_dir: str | os.PathLike, num_workers: int = 0,
       t0 = time.time()
       with _quiet_tfds():
         builder.download_and_prepare(file_format="array_record")
-      logging.info("generated %s (%d/%d/%d images) in %s in %.1f s", name, p.num_train,
-                   p.num_val, p.num_test, data_dir, time.time() - t0)
+      log.info("generated %s (%d/%d/%d images) in %s in %.1f s", name, p.num_train,
+               p.num_val, p.num_test, data_dir, time.time() - t0)
   return name

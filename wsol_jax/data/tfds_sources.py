@@ -34,6 +34,8 @@ import tensorflow_datasets as tfds
 
 from wsol_jax.data import geometry, images, records
 
+log = logging.getLogger("wsol_jax.data")  # console and train.log
+
 # TFDS names of the supported datasets, and how to get them.
 CUB = "caltech_birds2011"
 STANFORD_DOGS = "stanford_dogs"
@@ -152,14 +154,18 @@ class TfdsSource:
       example = self._open()[index]
     except Exception as e:  # corrupt image bytes fail inside TFDS decoding
       image_id = f"{self.name}:{self.split}[{index}]"
-      logging.warning("unreadable record %s: %s: %s", image_id, type(e).__name__, e)
+      records.warn_once(log, "unreadable", f"{self.data_dir}/{image_id}",
+                        "unreadable record %s: %s: %s", image_id,
+                        type(e).__name__, e)
       return records.error_record(index=index, image_id=image_id, has_mask=self.has_masks,
                                   error=f"{type(e).__name__}: {e}")
     image_id = self._image_id(example, index)
     try:
       return self._to_record(example, index, image_id)
     except Exception as e:
-      logging.warning("unusable record %s: %s: %s", image_id, type(e).__name__, e)
+      records.warn_once(log, "unusable", f"{self.data_dir}/{image_id}",
+                        "unusable record %s: %s: %s", image_id,
+                        type(e).__name__, e)
       return records.error_record(index=index, image_id=image_id, has_mask=self.has_masks,
                                   label=int(example.get("label", -1)),
                                   error=f"{type(e).__name__}: {e}")

@@ -24,6 +24,8 @@ from PIL import Image
 
 from wsol_jax.data import geometry, records
 
+log = logging.getLogger("wsol_jax.data")  # console and train.log
+
 PADDING_ERROR = "<padding>"  # 'error' of the filler rows that complete the last eval batch
 
 
@@ -133,9 +135,9 @@ class TrainRow(grain.MapTransform):
 def _padded_boxes(record: records.Record, boxes: np.ndarray, max_boxes: int) -> np.ndarray:
   padded, dropped = geometry.pad_boxes(boxes, max_boxes)
   if dropped:
-    logging.warning("%s has %d boxes, more than max_boxes=%d: the last %d are dropped; "
-                    "raise the data config's max_boxes", record["image_id"],
-                    len(boxes), max_boxes, dropped)
+    log.warning("%s has %d boxes, more than max_boxes=%d: the last %d are dropped; "
+                "raise the data config's max_boxes", record["image_id"],
+                len(boxes), max_boxes, dropped)
   return padded
 
 

@@ -35,6 +35,8 @@ import numpy as np
 
 from wsol_jax.data import geometry, images, records
 
+log = logging.getLogger("wsol_jax.data")  # console and train.log
+
 NUM_CLASSES = {"CUB": 200, "ILSVRC": 1000, "OpenImages": 100}
 _HINT = (
     "Get the metadata with `git clone https://github.com/clovaai/wsolevaluation` (folder "
@@ -238,8 +240,8 @@ class WsolMetadataSource:
     self.mask_root = mask_root or root
     self._meta = read_split_metadata(split_dir, clip_boxes)
     if self._meta.clipped_boxes:
-      logging.warning("%s/localization.txt: %d box(es) left their image and were clipped "
-                      "(data.metadata.clip_boxes)", split_dir, self._meta.clipped_boxes)
+      log.warning("%s/localization.txt: %d box(es) left their image and were clipped "
+                  "(data.metadata.clip_boxes)", split_dir, self._meta.clipped_boxes)
     self.image_ids = self._meta.image_ids
     dataset = dataset or os.path.basename(os.path.normpath(metadata_dir))
     labels = [self._meta.labels[i] for i in self.image_ids]
@@ -255,8 +257,8 @@ class WsolMetadataSource:
     if not self._meta.has_masks:
       missing = sum(1 for i in self.image_ids if i not in self._meta.boxes)
       if missing:
-        logging.warning("%s: %d of %d images have no box in localization.txt", split_dir,
-                        missing, len(self.image_ids))
+        log.warning("%s: %d of %d images have no box in localization.txt", split_dir,
+                    missing, len(self.image_ids))
 
   def __len__(self) -> int:
     return len(self.image_ids)
@@ -272,13 +274,16 @@ class WsolMetadataSource:
       image = images.read_image_file(os.path.join(self.image_root, image_id))
       mask = self._mask(image_id, image.shape[:2]) if self.has_masks else None
     except images.ImageDecodeError as e:
-      logging.warning("unreadable image %s: %s", image_id, e)
+      records.warn_once(log, "unreadable", os.path.join(self.image_root, image_id),
+                        "unreadable image %s: %s", image_id, e)
       return records.error_record(index=index, image_id=image_id, label=label, error=str(e),
                                   has_mask=self.has_masks)
     h, w = image.shape[:2]
     if self._meta.sizes[image_id] != (w, h):
-      logging.warning("%s: image_sizes.txt says %s but the image is %dx%d; boxes are rescaled "
-                      "with the decoded size", image_id, self._meta.sizes[image_id], w, h)
+      records.warn_once(log, "size", os.path.join(self.image_root, image_id),
+                        "%s: image_sizes.txt says %s but the image is "
+                        "%dx%d; boxes are rescaled with the decoded size", image_id,
+                        self._meta.sizes[image_id], w, h)
     boxes = np.asarray(self._meta.boxes.get(image_id, []), np.float32).reshape(-1, 4)
     return records.make_record(image=image, label=label, boxes=boxes, image_id=image_id,
                                index=index, mask=mask)
@@ -298,8 +303,8 @@ class WsolMetadataSource:
   def _read_mask(path: str, size_hw: tuple[int, int]) -> np.ndarray:
     mask = images.read_mask_file(path)
     if mask.shape != tuple(size_hw):
-      logging.warning("mask %s is %s, image is %s: resized to the image (nearest)", path,
-                      mask.shape, size_hw)
+      log.warning("mask %s is %s, image is %s: resized to the image (nearest)", path,
+                  mask.shape, size_hw)
       mask = geometry.resize_mask_nearest(mask, size_hw)
     return mask
 
