@@ -117,3 +117,39 @@ def test_unreadable_images_are_named_once_and_counted_in_aggregate(tmp_path, cap
   assert len(named) == 4 == len(set(named))  # each image once, not at every read
   counts = [r.getMessage() for r in caplog.records if "skipped so far" in r.getMessage()]
   assert it.num_skipped >= 16 and len(counts) <= it.num_skipped.bit_length()
+
+
+def test_sigterm_while_the_input_pipeline_stalls_stops_the_run(tmp_path):
+  """No readable image and no limit: the loop waits for data forever; SIGTERM ends it."""
+  import signal
+  import time
+  root = _dataset(tmp_path / "data", good=0, bad=40)
+  cfg = tmp_path / "config.py"
+  cfg.write_text(
+      "from wsol_jax import config_lib\n"
+      "def get_config():\n"
+      "  c = config_lib.base_config()\n"
+      "  config_lib.set_synthetic_vit(c)\n"
+      "  config_lib.set_synthetic_smoke(c)\n"
+      "  c.data.name = 'wsol_metadata'\n"
+      f"  c.data.metadata.update(dict(dataset='CUB', metadata_dir={str(root / 'metadata')!r},\n"
+      f"                              image_root={str(root / 'images')!r}, num_classes=2))\n"
+      "  c.data.max_consecutive_unreadable = 0\n"
+      "  c.model.num_classes = 2\n"
+      "  c.eval.select_split = ''\n"
+      "  return c\n")
+  proc = subprocess.Popen([sys.executable, "-m", "wsol_jax.train", "--config", str(cfg),
+                           "--workdir", str(tmp_path / "run")], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  log = tmp_path / "run" / "train.log"
+  deadline = time.time() + 240
+  while not (log.is_file() and "starting a new run" in log.read_text()):
+    assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+    time.sleep(0.2)
+  time.sleep(3)  # inside the data wait by now (the first batch never comes)
+  proc.send_signal(signal.SIGTERM)
+  code = proc.wait(timeout=60)
+  err = proc.stderr.read()
+  assert code == 75, err[-3000:]
+  assert "SIGTERM while waiting for training data at step 0" in err

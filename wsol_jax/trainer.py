@@ -101,11 +101,18 @@ def variables_of(state: dict[str, Any]) -> dict[str, Any]:
   return {"params": state["params"], **state["model_state"]}
 
 
+class _StoppedWhileWaiting(Exception):
+  """SIGTERM arrived while the loop waited for training data."""
+
+
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step."""
+  """Turns SIGTERM into a flag the loop checks after each step; while the loop waits for
+  data (``waiting``), SIGTERM interrupts the wait instead (a stalled input pipeline must not
+  keep a preempted job alive)."""
 
   def __init__(self):
     self.requested = False
+    self.waiting = False
     self._previous = None
 
   def __enter__(self):
@@ -118,6 +125,9 @@ class _Preemption:
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
+    if self.waiting:
+      self.waiting = False
+      raise _StoppedWhileWaiting()
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -128,8 +138,8 @@ def _schedule_length(config: ml_collections.ConfigDict, num_train: int) -> tuple
   batch_size = int(config.training.batch_size)
   steps_per_epoch = num_train // batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f"training.batch_size={batch_size} is larger than the {num_train} training "
-                     "examples")
+    raise config_lib.ConfigError(f"training.batch_size={batch_size} is larger than the "
+                                 f"{num_train} training examples")
   if int(config.training.total_steps) > 0:
     total = int(config.training.total_steps)
     num_epochs = math.ceil(total / steps_per_epoch)
@@ -294,7 +304,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   try:
     with _Preemption() as preemption:
       while step < total_steps:
-        batch = sharding.global_batch(next(train_iter), mesh)
+        try:
+          preemption.waiting = True
+          host_batch = next(train_iter)
+        except _StoppedWhileWaiting:
+          # The data iterator was interrupted mid-batch: its state is not saved; the last
+          # checkpoint (data state included) stays the one to resume from.
+          checkpointer.wait()
+          log.warning("SIGTERM while waiting for training data at step %d: stopped without a "
+                      "new checkpoint; re-run the same command to resume from step %s", step,
+                      checkpointer.latest_step() or 0)
+          return {"preempted_at_step": step}
+        finally:
+          preemption.waiting = False
+        batch = sharding.global_batch(host_batch, mesh)
         state, metrics = step_fn(state, batch)
         step += 1
         pending.append((step, metrics))
