@@ -129,6 +129,8 @@ def test_config_changes_and_which_keys_a_resume_may_change():
   assert [k for k in changes if config_lib.resumable(k)] == ["eval.batch_size",
                                                               "training.num_epochs"]
   assert not config_lib.resumable("training.batch_size") and not config_lib.resumable("seed")
+  old_schema = {**stored, "xla": {"cpu_dots": "eigen"}}  # a key the schema no longer has
+  assert config_lib.config_changes(old_schema, stored) == {}
 
 
 @pytest.mark.parametrize("override,message", [

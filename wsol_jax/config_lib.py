@@ -239,7 +239,7 @@ RESUMABLE = ("training.num_epochs", "training.total_steps", "training.log_every_
              "data.read_threads", "data.read_prefetch", "data.val_split", "data.test_split",
              "data.use_masks", "data.max_consecutive_unreadable", "data.metadata.image_root",
              "data.metadata.val_image_root", "data.metadata.mask_root",
-             "data.metadata.metadata_dir", "data.synthetic.generate")
+             "data.metadata.metadata_dir", "data.metadata.clip_boxes", "data.synthetic.generate")
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -255,11 +255,11 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-  """``key -> (stored value, new value)`` for every key whose value differs (JSON-like dicts)."""
+  """``key -> (stored value, new value)`` for every key of ``new`` whose value differs (JSON-like
+  dicts; a key only ``stored`` has, e.g. one an older schema had, is not a change)."""
   a, b = _flat(stored), _flat(new)
   missing = object()
-  return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-          if a.get(k, missing) != b.get(k, missing)}
+  return {k: (a.get(k), b[k]) for k in sorted(b) if a.get(k, missing) != b[k]}
 
 
 def resumable(key: str) -> bool:
