@@ -123,6 +123,7 @@ class Progress:
                      disable=disable, desc="train")
     self._last_step, self._last_time = start, time.perf_counter()
     self._logged = float("-inf")
+    self._logged_step, self._logged_time = start, self._last_time
 
   def update(self, step: int, row: Mapping[str, float]) -> None:
     now = time.perf_counter()
@@ -133,10 +134,14 @@ class Progress:
     self._bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}", lr=f"{row.get('lr', 0):.2e}")
     self._bar.update(step - self._bar.n)
     if self._bar.disable and (now - self._logged >= self.every_s or step >= self.total):
-      self._logged = now
-      eta = time.strftime("%H:%M:%S", time.gmtime((self.total - step) * seconds_per_step))
+      # Over the whole interval since the previous line: steps are dispatched
+      # asynchronously, so one interval between updates says little.
+      per_step = (now - self._logged_time) / max(step - self._logged_step, 1)
+      self._logged, self._logged_step, self._logged_time = now, step, now
+      eta = time.strftime("%H:%M:%S", time.gmtime((self.total - step) * per_step))
       logging.getLogger("wsol_jax.train").info(
-          "step %d/%d  loss %.4f  %.1f img/s  ETA %s", step, self.total, loss, rate, eta)
+          "step %d/%d  loss %.4f  %.1f img/s  ETA %s", step, self.total, loss,
+          self.batch_size / max(per_step, 1e-9), eta)
 
   def close(self) -> None:
     self._bar.close()
