@@ -67,22 +67,33 @@ def test_a_long_run_of_unreadable_images_stops_the_iterator(tmp_path):
   assert next(unlimited)["image"].shape == (8, 32, 32, 3)  # 0: no limit (skips and goes on)
 
 
-def _cli(tmp_path, root):
+def _config_file(tmp_path, root, *extra_lines: str) -> pathlib.Path:
+  """A smoke config whose data is the wsolevaluation folder ``root``."""
   cfg = tmp_path / "config.py"
-  cfg.write_text(
-      "from wsol_jax import config_lib\n"
-      "def get_config():\n"
-      "  c = config_lib.base_config()\n"
-      "  config_lib.set_synthetic_vit(c)\n"
-      "  config_lib.set_synthetic_smoke(c)\n"
-      "  c.data.name = 'wsol_metadata'\n"
-      f"  c.data.metadata.update(dict(dataset='CUB', metadata_dir={str(root / 'metadata')!r},\n"
-      f"                              image_root={str(root / 'images')!r}, num_classes=2))\n"
-      "  c.model.num_classes = 2\n"
-      "  return c\n")
-  return subprocess.run([sys.executable, "-m", "wsol_jax.train", "--config", str(cfg),
-                         "--workdir", str(tmp_path / "run")], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  cfg.write_text("\n".join([
+      "from wsol_jax import config_lib",
+      "def get_config():",
+      "  c = config_lib.base_config()",
+      "  config_lib.set_synthetic_vit(c)",
+      "  config_lib.set_synthetic_smoke(c)",
+      "  c.data.name = 'wsol_metadata'",
+      f"  c.data.metadata.update(dict(dataset='CUB', metadata_dir={str(root / 'metadata')!r},",
+      f"                              image_root={str(root / 'images')!r}, num_classes=2))",
+      "  c.model.num_classes = 2",
+      *(f"  {line}" for line in extra_lines),
+      "  return c", ""]))
+  return cfg
+
+
+def _train_command(tmp_path, cfg) -> list[str]:
+  return [sys.executable, "-m", "wsol_jax.train", "--config", str(cfg), "--workdir",
+          str(tmp_path / "run")]
+
+
+def _cli(tmp_path, root):
+  return subprocess.run(_train_command(tmp_path, _config_file(tmp_path, root)), cwd=ROOT,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
 def test_the_train_cli_ends_with_one_error_line_instead_of_hanging(tmp_path):
@@ -124,22 +135,9 @@ def test_sigterm_while_the_input_pipeline_stalls_stops_the_run(tmp_path):
   import signal
   import time
   root = _dataset(tmp_path / "data", good=0, bad=40)
-  cfg = tmp_path / "config.py"
-  cfg.write_text(
-      "from wsol_jax import config_lib\n"
-      "def get_config():\n"
-      "  c = config_lib.base_config()\n"
-      "  config_lib.set_synthetic_vit(c)\n"
-      "  config_lib.set_synthetic_smoke(c)\n"
-      "  c.data.name = 'wsol_metadata'\n"
-      f"  c.data.metadata.update(dict(dataset='CUB', metadata_dir={str(root / 'metadata')!r},\n"
-      f"                              image_root={str(root / 'images')!r}, num_classes=2))\n"
-      "  c.data.max_consecutive_unreadable = 0\n"
-      "  c.model.num_classes = 2\n"
-      "  c.eval.select_split = ''\n"
-      "  return c\n")
-  proc = subprocess.Popen([sys.executable, "-m", "wsol_jax.train", "--config", str(cfg),
-                           "--workdir", str(tmp_path / "run")], cwd=ROOT,
+  cfg = _config_file(tmp_path, root, "c.data.max_consecutive_unreadable = 0",
+                     "c.eval.select_split = ''")
+  proc = subprocess.Popen(_train_command(tmp_path, cfg), cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
   log = tmp_path / "run" / "train.log"

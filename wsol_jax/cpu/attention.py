@@ -43,11 +43,7 @@ def load() -> str:
 @functools.cache
 def unavailable() -> str | None:
   """None where ``load()`` succeeds here, else why not (cached)."""
-  try:
-    load()
-  except KernelBuildError as e:
-    return str(e)
-  return None
+  return build.reason_unavailable(load)
 
 
 def _check(qkv: jax.Array, num_heads: int) -> None:

@@ -14,6 +14,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+from typing import Any
+
 import jax
 import jaxlib
 
@@ -101,3 +103,12 @@ def load_library(source: str, targets: dict[str, str]) -> str:
   for target, symbol in targets.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   return lib_path
+
+
+def reason_unavailable(load: Any) -> str | None:
+  """None where ``load()`` (a kernel module's) succeeds, else the build error's message."""
+  try:
+    load()
+  except KernelBuildError as e:
+    return str(e)
+  return None

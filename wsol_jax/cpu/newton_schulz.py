@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from wsol_jax.cpu import build
-from wsol_jax.cpu.build import KernelBuildError
 
 SOURCE = os.path.join(build.KERNEL_DIR, "newton_schulz.cc")
 FORWARD, BACKWARD = "wsol_newton_schulz_fwd", "wsol_newton_schulz_bwd"  # FFI target names
@@ -35,11 +34,7 @@ def load() -> str:
 @functools.cache
 def unavailable() -> str | None:
   """None where ``load()`` succeeds here, else why not (cached)."""
-  try:
-    load()
-  except KernelBuildError as e:
-    return str(e)
-  return None
+  return build.reason_unavailable(load)
 
 
 def _check_coef(name: str, coef: jax.Array, h: int, w: int) -> None:
