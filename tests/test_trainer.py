@@ -192,6 +192,27 @@ def test_a_resume_with_another_config_is_refused_before_anything_is_written_or_l
   assert json.loads((workdir / "config.json").read_text())["training"]["total_steps"] == 8
 
 
+def test_profile_traces_the_asked_steps_and_the_compilation_cache_is_reused(tmp_path, data_dir):
+  cache = tmp_path / "xla_cache"
+  args = ("--config.training.total_steps=4", "--config.eval.every_epochs=100",
+          "--config.eval.test_at_end=False", "--config.profile.start_step=1",
+          "--config.profile.num_steps=2", f"--config.compilation_cache_dir={cache}")
+  first = _run(_args("tscam", tmp_path / "a", data_dir, *args))
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "profile of steps 2-3 written to" in first.stderr
+  traces = list((tmp_path / "a" / "profile").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  cached = {p.name for p in cache.iterdir()}
+  assert any(name.startswith("jit_step") for name in cached), cached
+  config = json.loads((tmp_path / "a" / "config.json").read_text())
+  assert config["runtime"]["compilation_cache"] == str(cache)
+  # Another run with the same cache compiles nothing new for its train step.
+  second = _run(_args("tscam", tmp_path / "b", data_dir, *args))
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert {p.name for p in cache.iterdir() if p.name.startswith("jit_step")} == {
+      n for n in cached if n.startswith("jit_step")}
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
   workdir = tmp_path / "term"
   args = _args("tscam", workdir, data_dir, "--config.training.total_steps=400",

@@ -88,6 +88,13 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.checkpoint = _cd(every_steps=500, keep=3)
   c.mesh = _cd(shape=())  # () = all devices on the data axis
+  # jax.profiler trace of training steps start_step+1 .. start_step+num_steps into
+  # WORKDIR/profile (TensorBoard's profile plugin / Perfetto read it); num_steps=0: off.
+  c.profile = _cd(start_step=0, num_steps=0)
+  # Persistent XLA compilation cache ('' = $WSOL_JAX_COMPILATION_CACHE, else off): a re-run
+  # or resume loads its compiled steps instead of compiling again; on a pod, a path every
+  # host sees (a gs:// bucket or NFS).
+  c.compilation_cache_dir = ""
   # XLA:CPU tuning (wsol_jax.cpu): auto = on for the CPU backend, off on GPU/TPU | on | off
   c.cpu_tuning = "auto"
   # Method sections: each method's config dataclass holds its defaults (scm, padl, rfga, agcam).
@@ -234,7 +241,8 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
 # where it reads from and how it runs. Any other difference (model, method, data, optimizer,
 # batch size, schedule, seed) would make the restored state mean something else.
 RESUMABLE = ("training.num_epochs", "training.total_steps", "training.log_every_steps", "eval.",
-             "checkpoint.", "cpu_tuning", "mesh.", "model.pretrained", "data.data_dir",
+             "checkpoint.", "cpu_tuning", "mesh.", "profile.", "compilation_cache_dir",
+             "model.pretrained", "data.data_dir",
              "data.download", "data.worker_count", "data.worker_buffer_size",
              "data.read_threads", "data.read_prefetch", "data.val_split", "data.test_split",
              "data.use_masks", "data.max_consecutive_unreadable", "data.metadata.image_root",

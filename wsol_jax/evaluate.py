@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   from wsol_jax import checkpoint, methods, reporting, sharding
   from wsol_jax.models import pretrained
+  from wsol_jax.runtime import enable_compilation_cache
+  enable_compilation_cache(str(config.compilation_cache_dir))
   from wsol_jax.eval import evaluator as evaluator_lib
   reporting.setup_logging()
   try:

@@ -21,6 +21,23 @@ PLAIN_CHOICES = {
 }
 
 
+COMPILATION_CACHE_ENV = "WSOL_JAX_COMPILATION_CACHE"
+
+
+def enable_compilation_cache(path: str = "") -> str:
+  """Points JAX's persistent compilation cache at ``path`` (or ``$WSOL_JAX_COMPILATION_CACHE``);
+  returns the directory used ('' = off). Every compiled program that took more than a second
+  is kept, so a re-run, a resume or another process of a pod loads it instead of compiling."""
+  import os
+
+  import jax
+  path = path or os.environ.get(COMPILATION_CACHE_ENV, "")
+  if path:
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  return path
+
+
 @dataclasses.dataclass(frozen=True)
 class Runtime:
   """Attributes:

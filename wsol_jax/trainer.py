@@ -41,7 +41,7 @@ from wsol_jax import config_lib, optim, reporting, sharding
 from wsol_jax.data import config as data_config
 from wsol_jax.maps import postprocess
 from wsol_jax.models import pretrained as pretrained_lib
-from wsol_jax.runtime import Runtime
+from wsol_jax.runtime import Runtime, enable_compilation_cache
 
 log = logging.getLogger("wsol_jax.train")
 
@@ -132,6 +132,29 @@ class _Preemption:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+class _Profiler:
+  """A ``jax.profiler`` trace of steps ``start+1 .. start+num`` (``config.profile``)."""
+
+  def __init__(self, directory: pathlib.Path, start: int, num: int):
+    self.directory, self.start, self.stop = directory, start, start + num if num > 0 else -1
+    self.active = False
+
+  def before(self, step: int) -> bool:
+    """Called before running step ``step + 1``; True while tracing."""
+    if step == self.start and self.stop > step and not self.active:
+      jax.profiler.start_trace(str(self.directory))
+      self.active = True
+    return self.active
+
+  def after(self, step: int, metrics: Any) -> None:
+    """Called after dispatching step ``step``; ends the trace after its last step."""
+    if self.active and step >= self.stop:
+      jax.block_until_ready(metrics)  # the traced steps' device work, in full
+      jax.profiler.stop_trace()
+      self.active = False
+      log.info("profile of steps %d-%d written to %s", self.start + 1, self.stop, self.directory)
 
 
 def _schedule_length(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int, int]:
@@ -242,9 +265,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   changes = _check_resume_config(workdir, config_dict) if workdir.is_dir() else {}
   workdir.mkdir(parents=True, exist_ok=True)
   reporting.setup_logging(workdir)
+  cache = enable_compilation_cache(str(config.compilation_cache_dir))
   method = methods_lib.get_method(config, runtime)
-  ran = runtime.describe(method.model.dtype)
-  log.info(runtime.summary(method.model.dtype))
+  ran = {**runtime.describe(method.model.dtype), "compilation_cache": cache or "off"}
+  log.info("%s, compilation_cache=%s", runtime.summary(method.model.dtype), cache or "off")
   if config.eval.test_at_end and config.data.test_split:  # the final test runs the protocols
     from wsol_jax.eval import protocols as protocols_lib
     protocols_lib.check_supported(protocols_lib.resolve_names(config.eval, method))
@@ -300,6 +324,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     eval_every = int(config.eval.every_steps)
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   progress = reporting.Progress(total_steps, start, batch_size, disable=None)
+  profiler = _Profiler(workdir / "profile", int(config.profile.start_step),
+                       int(config.profile.num_steps))
   step = start
   try:
     with _Preemption() as preemption:
@@ -318,8 +344,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         finally:
           preemption.waiting = False
         batch = sharding.global_batch(host_batch, mesh)
+        profiling = profiler.before(step)
         state, metrics = step_fn(state, batch)
         step += 1
+        profiler.after(step, metrics if profiling else None)
         pending.append((step, metrics))
         boundary = step % ckpt_every == 0 or step == total_steps or preemption.requested
         if step % log_every == 0 or boundary:
@@ -346,6 +374,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       _select(selector, checkpointer, writer, state, step, config)
     return _finish(method, config, checkpointer, writer, state, step, mesh, workdir, ran)
   finally:
+    if profiler.active:  # the run ended inside the traced steps
+      jax.profiler.stop_trace()
     progress.close()
     checkpointer.close()
     writer.close()
