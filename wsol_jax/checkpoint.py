@@ -63,14 +63,14 @@ class Checkpointer:
     try:
       return ocp.CheckpointManager(directory, options=options, item_names=item_names)
     except Exception as first:  # noqa: BLE001
-      damaged = [d for d in sorted(directory.iterdir()) if d.name.isdigit() and _bad_json(d)]
+      damaged = {d: _bad_json(d) for d in sorted(directory.iterdir()) if d.name.isdigit()}
+      damaged = {d: why for d, why in damaged.items() if why}
       if not damaged:
         raise CheckpointError(f"cannot open the checkpoints in {directory}: {cause(first)}"
                               ) from first
-      for d in damaged:
+      for d, why in damaged.items():
         aside = self._move_aside(kind, int(d.name))
-        log.warning("checkpoint %s cannot be read (%s); moved to %s", d, _bad_json(d) or
-                    cause(first), aside)
+        log.warning("checkpoint %s cannot be read (%s); moved to %s", d, why, aside)
       return ocp.CheckpointManager(directory, options=options, item_names=item_names)
 
   # -- latest ---------------------------------------------------------------------------------

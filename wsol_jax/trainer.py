@@ -141,12 +141,11 @@ class _Profiler:
     self.directory, self.start, self.stop = directory, start, start + num if num > 0 else -1
     self.active = False
 
-  def before(self, step: int) -> bool:
-    """Called before running step ``step + 1``; True while tracing."""
+  def before(self, step: int) -> None:
+    """Called before running step ``step + 1``; starts the trace at ``start``."""
     if step == self.start and self.stop > step and not self.active:
       jax.profiler.start_trace(str(self.directory))
       self.active = True
-    return self.active
 
   def after(self, step: int, metrics: Any) -> None:
     """Called after dispatching step ``step``; ends the trace after its last step."""
@@ -344,10 +343,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         finally:
           preemption.waiting = False
         batch = sharding.global_batch(host_batch, mesh)
-        profiling = profiler.before(step)
+        profiler.before(step)
         state, metrics = step_fn(state, batch)
         step += 1
-        profiler.after(step, metrics if profiling else None)
+        profiler.after(step, metrics)
         pending.append((step, metrics))
         boundary = step % ckpt_every == 0 or step == total_steps or preemption.requested
         if step % log_every == 0 or boundary:

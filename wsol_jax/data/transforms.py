@@ -101,7 +101,8 @@ class CountSkipped(grain.MapTransform):
             f"(data.max_consecutive_unreadable={self.max_consecutive}), e.g. "
             + records.describe_errors(self._examples))
       return record
-    self._examples = []
+    if self._examples:
+      self._examples = []
     record = dict(record)
     record["_skipped"] = np.int32(self._pending)
     self._pending = 0

@@ -163,6 +163,7 @@ class Method(abc.ABC):
   def build(self, family: str, kwargs: dict[str, Any]) -> nn.Module:
     """The ``family`` module with ``kwargs`` and the run's injected implementations."""
     cls = registry.family_class(family)
+    self.family = family  # exported with the model (``export_meta``)
     return registry.build_from_kwargs(family, {**kwargs, **self.runtime.model_overrides(cls)})
 
   @functools.cached_property
@@ -209,8 +210,7 @@ class Method(abc.ABC):
   def export_meta(self) -> dict[str, Any]:
     """Metadata of a trained model directory (``wsol_model.json``) for explain/evaluate:
     the architecture only (no injected implementation), so it runs on any backend."""
-    family = next(f for f, cls in registry.FAMILIES.items() if type(self.model) is cls)
-    return {"model": self.model_name, "family": family,
+    return {"model": self.model_name, "family": self.family,
             "kwargs": registry.architecture(self.model),
             "num_classes": self.num_classes, "image_size": self.image_size,
             "mean": list(self.mean), "std": list(self.std), "method": self.name,

@@ -7,8 +7,8 @@
   U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias (kaiming-uniform, a=sqrt(5)).
 * ``trunc_normal_init``: timm's ``trunc_normal_(std=.02)`` (truncated at ±2 absolute).
 
-And two convolutions written as one matmul each (XLA:CPU's convolutions were the slower
-lowering, ``benchmarks/README.md``), with ``nn.Conv``'s parameters (HWIO ``kernel``, ``bias``):
+And two convolutions written as one matmul each (measured in ``benchmarks/README.md``), with
+``nn.Conv``'s parameters (HWIO ``kernel``, ``bias``):
 
 * ``PatchConv``: a p×p convolution with stride p (ViT patch embedding);
 * ``Conv3x3``: a 3×3 convolution, stride 1, zero padding 1 (im2col).

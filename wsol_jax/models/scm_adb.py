@@ -31,7 +31,7 @@ reference); ``'stencil'`` (default, fast) evaluates the same recurrence but
   matrix–vector work (dense steps only once the rank exceeds N/2).
 
 The stencil block's dense steps (forward iterates and VJP) can be injected
-(``DenseSteps``, e.g. the CPU wing's FFI kernel); by default they are XLA ops.
+(``DenseSteps``, through the run's ``wsol_jax.runtime.Runtime``); by default they are XLA ops.
 ``tanhshrink`` is evaluated accurately (series for small arguments, where the
 official ``z − tanh z`` loses most of its float32 digits).
 

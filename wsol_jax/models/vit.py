@@ -29,9 +29,9 @@ The forward is a pure function of (params, images, flags, rng)::
   is ∂(scalar)/∂A for every layer in one backward pass — no hooks.
 * ``stop_grad_attn_input=True`` stops the gradient at each attention's input
   (the normed block input fed to qkv), as the official AG-CAM model does.
-* Backend-neutral: plain XLA ops unless a faster implementation is injected, in the
-  Flax idiom, through three fields (all ``None`` by default; the CPU wing
-  ``wsol_jax.cpu`` sets them on XLA:CPU):
+* Backend-neutral: plain XLA ops unless another implementation is injected, in the
+  Flax idiom, through three fields (all ``None`` by default, set by the run's
+  ``wsol_jax.runtime.Runtime``):
 
   ``attention_fn(qkv, num_heads) -> (out (B, N, C), probs (B, H, N, N))``: the attention
   core from the fused qkv projection (B, N, 3C), heads merged. Used only where its two
