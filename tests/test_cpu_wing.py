@@ -113,7 +113,7 @@ def test_auto_on_one_device_falls_back_with_a_notice(monkeypatch):
 
 
 def test_describe_records_what_ran():
-  ran = cpu.runtime(cpu.plan("auto")).describe(jnp.float32)
+  ran = cpu.runtime(cpu.plan("auto")).describe()
   assert ran["backend"] == "cpu" and ran["device_count"] == 8 and ran["dtype"] == "float32"
   assert ran["attention"] == "xla" and ran["weight_gradients"] == "x^T.g"
   assert Runtime().describe()["cpu_tuning"] == "off"

@@ -40,6 +40,12 @@ def base_config() -> ml_collections.ConfigDict:
       drop_path_rate=None,  # None = the method's (TS-CAM/SCM 0.1, others 0.0)
       mean=(),              # () = the registered model's normalisation
       std=(),
+      # Numerics: compute dtype (float32 = the official code's | bfloat16: softmax, norms'
+      # statistics, logits, loss, SCM's diffusion and the maps' post-processing stay float32)
+      # and parameter dtype (the optimizer state follows it).
+      dtype="float32",
+      param_dtype="float32",
+      fused_attn=True,      # ViTs: jax.nn.dot_product_attention where no probability is read
   )
   c.data = data_config.default_data_config()   # fields documented in wsol_jax.data.config
   c.data.name = "cub"
@@ -87,7 +93,10 @@ def base_config() -> ml_collections.ConfigDict:
       max_examples=0,       # > 0: evaluate on a prefix (debugging)
   )
   c.checkpoint = _cd(every_steps=500, keep=3)
-  c.mesh = _cd(shape=())  # () = all devices on the data axis
+  # Device mesh: axes 'data' (batch) and optionally 'fsdp' (batch and parameters, sharded
+  # by wsol_jax.sharding.PARAM_RULES); shape () = all devices on the first axis, -1 = the
+  # rest; e.g. shape=(2, 4), axes=('data', 'fsdp'). Default: replicated data parallelism.
+  c.mesh = _cd(shape=(), axes=("data",))
   # jax.profiler trace of training steps start_step+1 .. start_step+num_steps into
   # WORKDIR/profile (TensorBoard's profile plugin / Perfetto read it); num_steps=0: off.
   c.profile = _cd(start_step=0, num_steps=0)
@@ -241,7 +250,7 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
 # where it reads from and how it runs. Any other difference (model, method, data, optimizer,
 # batch size, schedule, seed) would make the restored state mean something else.
 RESUMABLE = ("training.num_epochs", "training.total_steps", "training.log_every_steps", "eval.",
-             "checkpoint.", "cpu_tuning", "mesh.", "profile.", "compilation_cache_dir",
+             "checkpoint.", "cpu_tuning", "mesh.", "model.dtype", "model.fused_attn", "profile.", "compilation_cache_dir",
              "model.pretrained", "data.data_dir",
              "data.download", "data.worker_count", "data.worker_buffer_size",
              "data.read_threads", "data.read_prefetch", "data.val_split", "data.test_split",

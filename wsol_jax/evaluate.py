@@ -54,12 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError(f"{where} holds a {meta['method']!r} model but the config is for "
                        f"{config.method!r}")
     pretrained.check_fit(variables, jax.eval_shape(lambda: method.init_fresh(jax.random.key(0))))
-    print(runtime.summary(method.model.dtype), file=sys.stderr, flush=True)
+    print(method.runtime.summary(), file=sys.stderr, flush=True)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   workdir.mkdir(parents=True, exist_ok=True)
-  mesh = sharding.make_mesh()
+  mesh = sharding.mesh_from_config(config.mesh)
+  variables = jax.device_put(variables, sharding.state_shardings(variables, mesh))
   ev = evaluator_lib.for_method(method, config, args.split, mesh, protocols=True, progress=True)
   report = ev.evaluate(variables)
   results = report.metrics
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   reporting.print_summary(config, results, baseline, split=args.split)
   checkpoint.write_json(workdir / "results.json", {
       "checkpoint": where, "split": args.split, "config": config.to_dict(),
-      "runtime": runtime.describe(method.model.dtype),
+      "runtime": method.runtime.describe(),
       "metrics": results, "center_gaussian": baseline,
       "overlays": [str(p) for p in overlays]})
   print(f"wrote {workdir / 'results.json'} and {len(overlays)} overlays", flush=True)

@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 PLAIN_CHOICES = {
     "cpu_tuning": "off",
+    "dtype": "float32",          # compute dtype of the models
+    "param_dtype": "float32",    # parameters (and the optimizer state that follows them)
     "attention": "xla",          # ViT attention core
     "newton_schulz": "xla",      # SCM's dense Newton–Schulz steps
     "dots": "xla",               # which runtime XLA gives the train step's dots
@@ -19,6 +21,17 @@ PLAIN_CHOICES = {
     "block_boundary": "identity",    # ViT residual stream between blocks
     "host_malloc": "default",
 }
+
+
+DTYPES = ("float32", "bfloat16")
+
+
+def check_dtype(value: Any, key: str) -> str:
+  """``value`` if it names a supported dtype, else a ``ConfigError`` naming ``key``."""
+  if str(value) not in DTYPES:
+    from wsol_jax.config_lib import ConfigError
+    raise ConfigError(f"{key}={value!r}: must be one of {DTYPES}")
+  return str(value)
 
 
 COMPILATION_CACHE_ENV = "WSOL_JAX_COMPILATION_CACHE"
@@ -55,15 +68,32 @@ class Runtime:
     names = {f.name for f in dataclasses.fields(model_cls)}
     return {k: v for k, v in self.model_impls.items() if k in names}
 
-  def describe(self, dtype: Any = "float32") -> dict[str, Any]:
-    """What ran, for the log, ``config.json`` and ``results.json``: backend, device count,
-    compute dtype and the choices."""
-    import jax
-    import numpy as np
-    return {"backend": jax.default_backend(), "device_count": jax.device_count(),
-            "process_count": jax.process_count(), "dtype": str(np.dtype(dtype)),
-            **dict(self.choices)}
+  def for_model(self, model_config: Any) -> "Runtime":
+    """This runtime with a config's numerics (``config.model``: ``dtype``, ``param_dtype``,
+    ``fused_attn``): the compute dtype and fused attention go to the models like the
+    injected implementations; an injected ``attention_fn`` (the CPU wing's kernel) keeps
+    precedence over fused attention."""
+    import jax.numpy as jnp
+    dtype = check_dtype(model_config.dtype, "model.dtype")
+    param_dtype = check_dtype(model_config.param_dtype, "model.param_dtype")
+    fused = bool(model_config.fused_attn)
+    choices = dict(self.choices, dtype=dtype, param_dtype=param_dtype)
+    if fused and "attention_fn" not in self.model_impls:
+      choices["attention"] = "fused (jax.nn.dot_product_attention) where no probability is read"
+    impls = dict(self.model_impls, dtype=jnp.dtype(dtype), fused_attn=fused)
+    return dataclasses.replace(self, model_impls=impls, choices=choices)
 
-  def summary(self, dtype: Any = "float32") -> str:
+  @property
+  def param_dtype(self) -> str:
+    return self.choices.get("param_dtype", "float32")
+
+  def describe(self) -> dict[str, Any]:
+    """What ran, for the log, ``config.json`` and ``results.json``: backend, device and
+    process count, and the choices (dtypes included)."""
+    import jax
+    return {"backend": jax.default_backend(), "device_count": jax.device_count(),
+            "process_count": jax.process_count(), **dict(self.choices)}
+
+  def summary(self) -> str:
     """``describe`` as one line for the console."""
-    return "runtime: " + ", ".join(f"{k}={v}" for k, v in self.describe(dtype).items())
+    return "runtime: " + ", ".join(f"{k}={v}" for k, v in self.describe().items())

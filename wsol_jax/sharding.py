@@ -1,11 +1,14 @@
-"""Device mesh and batch sharding for data-parallel training and evaluation.
+"""Device mesh, batch and parameter shardings for training and evaluation.
 
-The same code runs on 1 CPU, 8 fake CPU devices, a GPU or a TPU slice: the
-mesh has a single ``data`` axis over all devices (or the shape a config asks
-for), parameters are replicated and batches are split along their first axis.
+The same code runs on 1 CPU, 8 fake CPU devices, a GPU or a TPU slice. The mesh
+(``config.mesh``) has a ``data`` axis and optionally an ``fsdp`` axis. Batches are split
+along their first axis over every mesh axis. Parameters and optimizer state are
+replicated, except along ``fsdp``, where ``PARAM_RULES`` shards them (FSDP/ZeRO-3 style:
+XLA gathers each parameter where it is used and reduce-scatters its gradient).
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -13,6 +16,22 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+AXES = (DATA_AXIS, FSDP_AXIS)
+
+# How a training-state leaf is placed on the 'fsdp' axis: the first rule whose pattern
+# matches (re.search) the leaf's path wins. Paths look like 'params/blocks_0/attn/qkv/kernel'
+# or 'opt_state/0/mu/blocks_0/attn/qkv/kernel' (Adam's moments follow their parameter).
+#   'fsdp':      split the largest dimension the axis size divides (ties: the first);
+#                replicated when none does or the leaf has fewer than FSDP_MIN_SIZE elements.
+#   'replicate': a full copy on every device.
+PARAM_RULES: tuple[tuple[str, str], ...] = (
+    (r"(^|/)(step|rng)$", "replicate"),                 # counters and the RNG key
+    (r"(^|/)(pos_embed|cls_token)$", "replicate"),      # small, read whole by every step
+    (r"(^|/)(batch_stats|scm)/", "replicate"),          # BatchNorm statistics, SCM's λ/β
+    (r".*", "fsdp"),
+)
+FSDP_MIN_SIZE = 2 ** 14
 
 
 def make_mesh(shape: Sequence[int] | None = None,
@@ -31,6 +50,77 @@ def make_mesh(shape: Sequence[int] | None = None,
   if len(shape) != len(axis_names):
     raise ValueError(f"mesh shape {shape} and axis names {tuple(axis_names)} differ in length")
   return Mesh(np.asarray(devices).reshape(shape), tuple(axis_names))
+
+
+def mesh_from_config(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The mesh of ``config.mesh`` (``shape``, ``axes``); a ``ConfigError`` names what is wrong."""
+  from wsol_jax.config_lib import ConfigError
+  axes = tuple(str(a) for a in mesh_config.axes)
+  if not axes or len(set(axes)) != len(axes) or not set(axes) <= set(AXES):
+    raise ConfigError(f"mesh.axes={axes}: give distinct names among {AXES}, e.g. ('data',) "
+                      "or ('data', 'fsdp')")
+  shape = tuple(int(s) for s in mesh_config.shape)
+  n = len(jax.devices() if devices is None else devices)
+  if not shape:
+    shape = (n,) + (1,) * (len(axes) - 1)
+  if len(shape) != len(axes):
+    raise ConfigError(f"mesh.shape={shape} and mesh.axes={axes} differ in length")
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ConfigError(f"mesh.shape={shape}: sizes must be positive, at most one -1 (the rest)")
+  known = int(np.prod([s for s in shape if s != -1]))
+  if (-1 in shape and n % known) or (-1 not in shape and known != n):
+    raise ConfigError(f"mesh.shape={shape} does not fit the {n} devices")
+  return make_mesh(shape, axes, devices)
+
+
+def _path_name(path: Sequence[Any]) -> str:
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
+def leaf_spec(path: str, shape: Sequence[int], fsdp_size: int,
+              rules: Sequence[tuple[str, str]] = PARAM_RULES) -> P:
+  """The ``PartitionSpec`` of one state leaf under ``rules`` (``PARAM_RULES``)."""
+  rule = next((r for pattern, r in rules if re.search(pattern, path)), "replicate")
+  if rule not in ("fsdp", "replicate"):
+    raise ValueError(f"unknown sharding rule {rule!r} for {path}; valid: 'fsdp', 'replicate'")
+  if rule == "replicate" or fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < FSDP_MIN_SIZE:
+    return P()
+  candidates = [i for i, d in enumerate(shape) if d % fsdp_size == 0]
+  if not candidates:
+    return P()
+  axis = max(candidates, key=lambda i: (shape[i], -i))
+  return P(*([None] * axis + [FSDP_AXIS]))
+
+
+def state_shardings(tree: Any, mesh: Mesh,
+                    rules: Sequence[tuple[str, str]] = PARAM_RULES) -> Any:
+  """A ``NamedSharding`` per leaf of ``tree`` (arrays or ``ShapeDtypeStruct``s): sharded on
+  the mesh's ``fsdp`` axis by ``rules``, replicated otherwise (and on meshes without it)."""
+  fsdp_size = dict(mesh.shape).get(FSDP_AXIS, 1)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: NamedSharding(mesh, leaf_spec(_path_name(path), np.shape(leaf),
+                                                       fsdp_size, rules)), tree)
+
+
+def describe_state(tree: Any, shardings: Any) -> str:
+  """One line: how many state bytes are sharded and what one device holds."""
+  total = sharded = per_device = 0
+  for leaf, sh in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(shardings)):
+    size = int(np.prod(np.shape(leaf), dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+    shard = int(np.prod(sh.shard_shape(np.shape(leaf)), dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+    total += size
+    per_device += shard
+    sharded += size if shard < size else 0
+  return (f"training state {total / 2**20:.1f} MiB, {sharded / max(total, 1):.0%} of it sharded; "
+          f"{per_device / 2**20:.1f} MiB per device")
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

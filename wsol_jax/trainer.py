@@ -2,14 +2,15 @@
 
 ``train_and_evaluate(config, workdir)``:
 
-1. mesh over all devices; the method (``config.method``) builds the model, its
+1. the mesh of ``config.mesh`` (default: all devices on ``data``); the method (``config.method``) builds the model, its
    loss and map function; the grain pipeline yields sharded global batches;
 2. the state ``{step, params, model_state, opt_state, rng}`` is created (pretrained
    weights from ``config.model.pretrained``) or restored from the newest checkpoint in
    ``workdir`` that restores, together with the data iterator — re-running a command
    resumes (a damaged checkpoint is reported, set aside and skipped);
-3. a jitted step ``(state, batch) -> (state, metrics)`` (donated state, params
-   replicated, batch split over devices) runs with no host synchronisation; a
+3. a jitted step ``(state, batch) -> (state, metrics)`` (donated state, replicated or
+   sharded on the mesh's ``fsdp`` axis by ``sharding.PARAM_RULES``, batch split over
+   devices) runs with no host synchronisation; a
    non-finite loss or gradient skips the update on device, and the host stops with
    a message naming the step (checked before every save, so no bad checkpoint);
 4. periodic checkpoints (keep-last-k), evaluation on the selection split with the
@@ -185,13 +186,16 @@ def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]]) -> list[dict[
   return rows
 
 
-def jit_train_step(step: Callable, mesh: jax.sharding.Mesh, runtime: Runtime) -> Callable:
-  """``step`` (``make_train_step``) jitted as the trainer runs it: state donated and
-  replicated, batch sharded over the mesh, the runtime's compiler options."""
+def jit_train_step(step: Callable, mesh: jax.sharding.Mesh, runtime: Runtime,
+                   state_sharding: Any = None) -> Callable:
+  """``step`` (``make_train_step``) jitted as the trainer runs it: state donated and placed
+  by ``state_sharding`` (default replicated; ``sharding.state_shardings`` on an fsdp mesh),
+  batch sharded over the mesh, metrics replicated, the runtime's compiler options."""
   replicated = sharding.replicated(mesh)
+  state_sharding = replicated if state_sharding is None else state_sharding
   return jax.jit(step, donate_argnums=(0,),
-                 in_shardings=(replicated, sharding.batch_sharding(mesh)),
-                 out_shardings=(replicated, replicated),
+                 in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_sharding, replicated),
                  compiler_options=dict(runtime.compiler_options) or None)
 
 
@@ -254,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   workdir = config_lib.local_dir(workdir, "workdir")
   if workdir.exists() and not workdir.is_dir():
     raise config_lib.ConfigError(f"--workdir {workdir} is a file, not a directory")
-  mesh = sharding.make_mesh(tuple(config.mesh.shape) or None)
+  mesh = sharding.mesh_from_config(config.mesh)
   for key in ("training.batch_size", "eval.batch_size"):  # one rule, checked before any file
     size, n_dev = int(config[key.split(".")[0]].batch_size), mesh.devices.size
     if size <= 0 or size % n_dev:
@@ -266,8 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   reporting.setup_logging(workdir)
   cache = enable_compilation_cache(str(config.compilation_cache_dir))
   method = methods_lib.get_method(config, runtime)
-  ran = {**runtime.describe(method.model.dtype), "compilation_cache": cache or "off"}
-  log.info("%s, compilation_cache=%s", runtime.summary(method.model.dtype), cache or "off")
+  ran = {**method.runtime.describe(), "compilation_cache": cache or "off"}
+  log.info("%s, compilation_cache=%s", method.runtime.summary(), cache or "off")
   if config.eval.test_at_end and config.data.test_split:  # the final test runs the protocols
     from wsol_jax.eval import protocols as protocols_lib
     protocols_lib.check_supported(protocols_lib.resolve_names(config.eval, method))
@@ -289,14 +293,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   labels_fn = method.param_labels
   dummy_params = jax.eval_shape(lambda: method.init_fresh(jax.random.key(0)))["params"]
   tx = optim.make_optimizer(config, schedule, labels_fn(dummy_params))
-  replicated = sharding.replicated(mesh)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=int(config.checkpoint.keep))
   abstract = jax.eval_shape(lambda: init_state(method, tx, int(config.seed)))
+  state_sharding = sharding.state_shardings(abstract, mesh)
+  log.info("mesh %s: %s", dict(mesh.shape), sharding.describe_state(abstract, state_sharding))
+  # The target shardings are this run's: a checkpoint written on another mesh restores onto it.
   abstract = jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+      lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract, state_sharding)
   restored = checkpointer.restore_newest(abstract, train_iter)  # skips damaged checkpoints
   if restored is None:
-    state = jax.jit(lambda: init_state(method, tx, int(config.seed)), out_shardings=replicated)()
+    state = jax.jit(lambda: init_state(method, tx, int(config.seed)),
+                    out_shardings=state_sharding)()
     start = 0
     log.info("starting a new run in %s: %d steps (%d epochs of %d steps)", workdir,
              total_steps, num_epochs, steps_per_epoch)
@@ -308,7 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       log.info("moved %d metrics rows of steps after %d (re-run now) to "
                "metrics.superseded.jsonl", moved, start)
 
-  step_fn = jit_train_step(make_train_step(method, tx, schedule), mesh, runtime)
+  step_fn = jit_train_step(make_train_step(method, tx, schedule), mesh, runtime, state_sharding)
   from wsol_jax.eval import evaluator as evaluator_lib
   select_split = (data_config.resolve_split(config.data, "val")
                   if config.eval.select_split == "val" else str(config.eval.select_split))
@@ -389,7 +396,7 @@ def _select(selector, checkpointer, writer, state, step, config) -> None:
   if name not in results:
     raise ValueError(f"eval.select_metric {name!r} is not a metric of the evaluator; "
                      f"available: {sorted(results)}")
-  if checkpointer.save_best(step, jax.tree_util.tree_map(np.asarray, variables), results,
+  if checkpointer.save_best(step, jax.tree_util.tree_map(sharding.to_host, variables), results,
                             results[name]):
     log.info("step %d: new best %s %s = %.3f", step, selector.split, name, results[name])
 
@@ -398,7 +405,7 @@ def _finish(method, config, checkpointer, writer, state, step, mesh, workdir, ra
             ) -> dict[str, Any]:
   """Exports the selected model and evaluates it (and the baseline) on the test split."""
   from wsol_jax.eval import evaluator as evaluator_lib
-  variables = jax.tree_util.tree_map(np.asarray, variables_of(state))
+  variables = jax.tree_util.tree_map(sharding.to_host, variables_of(state))
   selected_step = step
   best = checkpointer.restore_best(jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables))

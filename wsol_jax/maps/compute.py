@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 # Names are imported from the submodules: the package re-binds ``rollout``, ``agcam`` and
 # ``cam`` to the functions of the same name.
@@ -113,6 +114,13 @@ def _check_kinds(model: nn.Module, kinds: Sequence[str]) -> tuple[str, ...]:
   return kinds
 
 
+# Kinds computed in float32 whatever the model's compute dtype: LRP's ε-rules divide by
+# sums of small relevances, and in bfloat16 its maps lose their ranking (Spearman ρ ≈ 0.1
+# against float32 on a tiny DeiT), while the other kinds keep ρ ≥ 0.95
+# (tests/test_accelerator_path.py).
+FLOAT32_KINDS = ("lrp",)
+
+
 def _vit_maps(model: nn.Module, variables: Any, images: jax.Array, kinds: tuple[str, ...],
               targets: jax.Array | None, start_layer: int, lrp_start_layer: int
               ) -> tuple[dict[str, jax.Array], jax.Array]:
@@ -190,6 +198,10 @@ def compute(model: nn.Module, variables: Any, images: jax.Array, kinds: Sequence
     ({kind: (B, h, w) raw maps on the feature grid}, logits (B, C)).
   """
   kinds = _check_kinds(model, kinds)
+  if set(kinds) & set(FLOAT32_KINDS) and getattr(model, "dtype", jnp.float32) != jnp.float32:
+    model = model.clone(dtype=jnp.float32)
+    variables = jax.tree_util.tree_map(
+        lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, variables)
   if kinds == ("cam",):
     maps, logits = cam(model, variables, images, targets)
     return {"cam": maps}, logits

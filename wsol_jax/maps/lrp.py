@@ -92,7 +92,8 @@ def _recorded_forward(model: nn.Module, variables: Any, images: jax.Array,
     return out
 
   with nn.intercept_methods(interceptor):
-    logits, _ = model.apply(variables, images, train=False, attn_delta=attn_delta)
+    logits, _ = model.apply(variables, images, train=False, attn_delta=attn_delta,
+                            capture=("attn",))  # the rules read the probabilities
   missing = [f"blocks_{i}/{part}" for i, blk in enumerate(blocks) for part in _BLOCK_PARTS.values()
              if part not in blk] + [k for k in ("norm", "head") if k not in record]
   if missing:

@@ -25,7 +25,8 @@ defaults: the schema's section is built from it), ``drop_path_rate`` (the method
 stochastic depth when ``config.model.drop_path_rate`` is None).
 
 A method builds its model through ``build``, which passes the run's injected
-implementations (``wsol_jax.runtime.Runtime``; plain XLA by default) to the model class.
+implementations and the config's numerics (``wsol_jax.runtime.Runtime.for_model``: compute
+dtype, fused attention; plain XLA and float32 by default) to the model class.
 """
 from __future__ import annotations
 
@@ -135,7 +136,7 @@ class Method(abc.ABC):
 
   def __init__(self, config: ml_collections.ConfigDict, runtime: Runtime | None = None):
     self.config = config
-    self.runtime = runtime if runtime is not None else Runtime()
+    self.runtime = (runtime if runtime is not None else Runtime()).for_model(config.model)
     self.section_config = (read_section(config, *self.config_section)
                            if self.config_section else None)
     self.model_name = config.model.name
@@ -175,8 +176,13 @@ class Method(abc.ABC):
     return dict(self.model.init(rng, images))
 
   def init_fresh(self, rng: jax.Array) -> Variables:
-    """Variables of a fresh (randomly initialised) model, without pretrained weights."""
-    return dict(self._compiled_init(rng) if self.jit_init else self._init(rng))
+    """Variables of a fresh (randomly initialised) model, without pretrained weights; the
+    parameters in ``config.model.param_dtype`` (statistics such as BatchNorm's stay float32)."""
+    variables = dict(self._compiled_init(rng) if self.jit_init else self._init(rng))
+    param_dtype = jnp.dtype(self.runtime.param_dtype)
+    variables["params"] = jax.tree_util.tree_map(lambda p: p.astype(param_dtype),
+                                                 variables["params"])
+    return variables
 
   def init(self, rng: jax.Array) -> Variables:
     variables = self.init_fresh(rng)

@@ -22,7 +22,9 @@ FAMILIES: dict[str, type[nn.Module]] = {"vit": VisionTransformer, "resnet": ResN
                                         "rfga": RfgaResNet, "scm": ScmVisionTransformer}
 # Model fields that say how to run a model, not what it is: injected by ``runtime.Runtime``,
 # never written to a model directory's metadata.
-INJECTED = ("attention_fn", "dot_general", "block_boundary", "newton_schulz_steps")
+# The compute dtype and fused attention come from the run's config the same way.
+INJECTED = ("attention_fn", "dot_general", "block_boundary", "newton_schulz_steps", "dtype",
+            "fused_attn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +101,7 @@ def architecture(model: nn.Module) -> dict[str, Any]:
   out = {}
   for f in dataclasses.fields(model):
     value = getattr(model, f.name)
-    if f.name in ("parent", "name", "dtype", *INJECTED) or callable(value):
+    if f.name in ("parent", "name", *INJECTED) or callable(value):
       continue
     out[f.name] = list(value) if isinstance(value, tuple) else value
   return out

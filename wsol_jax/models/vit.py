@@ -29,14 +29,24 @@ The forward is a pure function of (params, images, flags, rng)::
   is ∂(scalar)/∂A for every layer in one backward pass — no hooks.
 * ``stop_grad_attn_input=True`` stops the gradient at each attention's input
   (the normed block input fed to qkv), as the official AG-CAM model does.
+* ``fused_attn`` (timm's attribute name): where no attention probability is read (no
+  ``attn``/``scores`` capture, no ``attn_delta``, no attention dropout while training), the
+  attention core is ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU, XLA
+  elsewhere), so training and prediction steps never materialise the (B, H, N, N) matrix.
+  The class-token row (``attn_cls``, SCM/TS-CAM maps) is computed on its own either way.
+  False: the explicit softmax path everywhere (the reference; equal up to float32 rounding).
+* ``dtype``: the compute dtype (e.g. bfloat16); softmax, LayerNorm statistics and the
+  logits stay float32. Parameters keep the dtype they are given (``Method.init`` casts to
+  ``config.model.param_dtype``).
 * Backend-neutral: plain XLA ops unless another implementation is injected, in the
   Flax idiom, through three fields (all ``None`` by default, set by the run's
   ``wsol_jax.runtime.Runtime``):
 
   ``attention_fn(qkv, num_heads) -> (out (B, N, C), probs (B, H, N, N))``: the attention
-  core from the fused qkv projection (B, N, 3C), heads merged. Used only where its two
-  outputs suffice (no ``attn_delta``, no ``scores`` capture, no attention dropout while
-  training); ``attention_core`` is the XLA default and the reference.
+  core from the qkv projection (B, N, 3C), heads merged. Takes precedence over
+  ``fused_attn``; used only where its two outputs suffice (no ``attn_delta``, no
+  ``scores`` capture, no attention dropout while training); ``attention_core`` is the
+  XLA default and the reference.
   ``dot_general``: the products of every ``Dense`` layer, the patch embedding and the
   heads (``lax.dot_general``'s signature, as ``nn.Dense(dot_general=...)``).
   ``block_boundary(x) -> x``: an identity applied to the residual stream before every
@@ -132,15 +142,17 @@ class Attention(nn.Module):
   dtype: Any = jnp.float32
   dot_general: DotGeneral | None = None
   attention_fn: AttentionFn | None = None
+  fused_attn: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool, delta: jax.Array | None,
-               stop_grad_input: bool, cls_row: bool = False, need_scores: bool = False
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(output, internals ``{'attn'}`` (B, H, N, N), + ``'scores'`` (B, H, N, N) on the
-    explicit path, + ``'attn_cls'`` (B, H, N) if ``cls_row``). ``attention_fn`` runs the
-    core unless ``delta``, ``need_scores`` or attention dropout while training need the
-    explicit path."""
+               stop_grad_input: bool, cls_row: bool = False, need_scores: bool = False,
+               need_probs: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(output, internals ``{'attn'}`` (B, H, N, N) (absent on the fused path), +
+    ``'scores'`` (B, H, N, N) on the explicit path, + ``'attn_cls'`` (B, H, N) if
+    ``cls_row``). ``attention_fn`` runs the core unless ``delta``, ``need_scores`` or
+    attention dropout while training need the explicit path; else ``fused_attn`` does
+    unless ``need_probs``."""
     b, n, dim = x.shape
     h = self.num_heads
     d = dim // h
@@ -150,11 +162,13 @@ class Attention(nn.Module):
     # Created in both paths (unused by an injected core), so the proj dropout's name and RNG
     # stream do not depend on the path.
     attn_dropout = nn.Dropout(self.attn_drop, deterministic=not train)
-    injected = (self.attention_fn is not None and delta is None and not need_scores
-                and not (train and self.attn_drop > 0))
-    if injected:
-      out, attn = self.attention_fn(qkv, h)
-      internals = {"attn": attn}
+    explicit = delta is not None or need_scores or (train and self.attn_drop > 0)
+    if not explicit and (self.attention_fn is not None or (self.fused_attn and not need_probs)):
+      if self.attention_fn is not None:
+        out, attn = self.attention_fn(qkv, h)
+        internals = {"attn": attn}
+      else:
+        out, internals = fused_attention_core(qkv, h), {}
       if cls_row:
         q_cls = qkv[:, :1, :dim].reshape(b, 1, h, d).transpose(0, 2, 1, 3)
         k = qkv[:, :, dim:2 * dim].reshape(b, n, h, d).transpose(0, 2, 1, 3)
@@ -173,6 +187,17 @@ def attention_core(qkv: jax.Array, num_heads: int) -> tuple[jax.Array, jax.Array
   return out, internals["attn"]
 
 
+def fused_attention_core(qkv: jax.Array, num_heads: int) -> jax.Array:
+  """``softmax(q·kᵀ/√d)·v`` with heads merged (B, N, C) through
+  ``jax.nn.dot_product_attention`` (cuDNN's fused kernel on GPU where it applies, XLA
+  elsewhere); no probabilities are returned, so none need to be kept."""
+  b, n, c3 = qkv.shape
+  dim = c3 // 3
+  qkv = qkv.reshape(b, n, 3, num_heads, dim // num_heads)
+  q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, H, d)
+  return jax.nn.dot_product_attention(q, k, v).reshape(b, n, dim)
+
+
 def _xla_attention(qkv: jax.Array, h: int, delta: jax.Array | None, cls_row: bool,
                    dropout: Callable[[jax.Array], jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
   """XLA's attention core: heads-merged output (B, N, C) and internals from qkv (B, N, 3C)."""
@@ -185,23 +210,24 @@ def _xla_attention(qkv: jax.Array, h: int, delta: jax.Array | None, cls_row: boo
   qkv = qkv.reshape(b, n, 3, h, d).transpose(2, 0, 3, 1, 4)
   q, k, v = (t[0] for t in jax.lax.split(qkv, (1, 1, 1), axis=0))  # (B, H, N, d)
   scores = jnp.einsum("bhqd,bhkd->bhqk", q * (d ** -0.5), k)
-  attn = _add_delta(jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype), delta)
-  internals = {"attn": attn, "scores": scores}
+  # The probabilities stay float32 (what maps read); the product with v runs in q's dtype.
+  probs = _add_delta(jax.nn.softmax(scores.astype(jnp.float32), axis=-1), delta)
+  internals = {"attn": probs, "scores": scores}
   if cls_row:
     # The class-token row once more on its own (B·H·N·d work): a gradient into it (SCM's
     # F⁰) then reaches q_cls and K directly, instead of as a (B, H, N, N) cotangent that
     # is zero outside row 0 and passes through the whole softmax backward of every layer.
     internals["attn_cls"] = _class_row(q[:, :, :1], k, delta)
-  attn = dropout(attn)
+  attn = dropout(probs.astype(q.dtype))
   out = jnp.einsum("bhqk,bhkd->bhqd", attn, v).transpose(0, 2, 1, 3).reshape(b, n, dim)
   return out, internals
 
 
 def _class_row(q_cls: jax.Array, k: jax.Array, delta: jax.Array | None) -> jax.Array:
-  """Class-token attention row (B, H, N) of q_cls (B, H, 1, d) and k (B, H, N, d), plus row 0
-  of ``delta`` if given."""
+  """Class-token attention row (B, H, N), float32, of q_cls (B, H, 1, d) and k (B, H, N, d),
+  plus row 0 of ``delta`` if given."""
   row = jnp.einsum("bhqd,bhkd->bhqk", q_cls * (q_cls.shape[-1] ** -0.5), k)
-  row = jax.nn.softmax(row.astype(jnp.float32), axis=-1).astype(q_cls.dtype)
+  row = jax.nn.softmax(row.astype(jnp.float32), axis=-1)
   return _add_delta(row, None if delta is None else delta[:, :, :1])[:, :, 0]
 
 
@@ -227,17 +253,19 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
   dot_general: DotGeneral | None = None
   attention_fn: AttentionFn | None = None
+  fused_attn: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool, delta: jax.Array | None,
-               stop_grad_input: bool, cls_row: bool = False, need_scores: bool = False
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+               stop_grad_input: bool, cls_row: bool = False, need_scores: bool = False,
+               need_probs: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
     dim = x.shape[-1]
     y, internals = Attention(self.num_heads, self.qkv_bias, self.attn_drop, self.drop,
-                             self.dtype, self.dot_general, self.attention_fn, name="attn")(
+                             self.dtype, self.dot_general, self.attention_fn, self.fused_attn,
+                             name="attn")(
                                  _layer_norm(self.norm_eps, "norm1", self.dtype)(x), train=train,
                                  delta=delta, stop_grad_input=stop_grad_input, cls_row=cls_row,
-                                 need_scores=need_scores)
+                                 need_scores=need_scores, need_probs=need_probs)
     x = x + DropPath(self.drop_path)(y, train)
     y = Mlp(int(dim * self.mlp_ratio), self.drop, self.dtype, self.dot_general, name="mlp")(
         _layer_norm(self.norm_eps, "norm2", self.dtype)(x), train)
@@ -258,6 +286,8 @@ class VisionTransformer(nn.Module):
       norm (None: same; the hila-chefer LRP / ViTOL model uses 1e-5).
     post_block: optional module factory applied to each block's output
       (``factory(name='post')(x, train=...)``), used by ViTOL's p-ADL.
+    fused_attn: ``jax.nn.dot_product_attention`` where no probability is read (module
+      docstring).
     attention_fn, dot_general, block_boundary: injected implementations (module
       docstring); None = XLA ops.
   """
@@ -278,6 +308,7 @@ class VisionTransformer(nn.Module):
   drop_path_rate: float = 0.0
   post_block: Callable[..., nn.Module] | None = None
   dtype: Any = jnp.float32
+  fused_attn: bool = False
   attention_fn: AttentionFn | None = None
   dot_general: DotGeneral | None = None
   block_boundary: Callable[[jax.Array], jax.Array] | None = None
@@ -349,11 +380,13 @@ class VisionTransformer(nn.Module):
       x = boundary(x)
       x, internals = Block(self.num_heads, self.mlp_ratio, self.qkv_bias, self.drop_rate,
                            self.attn_drop_rate, float(rates[i]), self.norm_eps, self.post_block,
-                           self.dtype, self.dot_general, self.attention_fn, name=f"blocks_{i}")(
+                           self.dtype, self.dot_general, self.attention_fn, self.fused_attn,
+                           name=f"blocks_{i}")(
                                x, train=train,
                                delta=None if attn_delta is None else attn_delta[i],
                                stop_grad_input=stop_grad_attn_input,
-                               cls_row="attn_cls" in capture, need_scores=need_scores)
+                               cls_row="attn_cls" in capture, need_scores=need_scores,
+                               need_probs="attn" in capture)
       for name in per_layer:
         if name in internals:
           per_layer[name].append(internals[name])
