@@ -31,8 +31,10 @@ import train_step  # noqa: E402  (sibling benchmark: build(), the matmul rate)
 from wsol_jax import cpu  # noqa: E402
 
 
-def torch_step(batch: int, drop_path_rate: float = 0.1, num_classes: int = 200):
-  """A closure running one eager PyTorch TS-CAM (DeiT-S) training step."""
+def torch_step(batch: int, drop_path_rate: float = 0.1, num_classes: int = 200,
+               device: str = "cpu", autocast_dtype=None):
+  """A closure running one eager PyTorch TS-CAM (DeiT-S) training step on ``device``
+  (``autocast_dtype``, e.g. ``torch.bfloat16``: mixed precision with float32 parameters)."""
   try:
     import torch
     import torch.nn as nn
@@ -64,7 +66,7 @@ def torch_step(batch: int, drop_path_rate: float = 0.1, num_classes: int = 200):
     def _dp(self, x):
       if not self.training or self.drop_path == 0.0:
         return x
-      keep = torch.empty((x.shape[0], 1, 1)).bernoulli_(1 - self.drop_path)
+      keep = torch.empty((x.shape[0], 1, 1), device=x.device).bernoulli_(1 - self.drop_path)
       return x * keep / (1 - self.drop_path)
 
     def forward(self, x):
@@ -96,16 +98,25 @@ def torch_step(batch: int, drop_path_rate: float = 0.1, num_classes: int = 200):
       return self.head(patches).mean((2, 3))
 
   torch.manual_seed(0)
-  model = TSCAM().train()
+  model = TSCAM().train().to(device)
   opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.05)
-  images = torch.randn(batch, 3, 224, 224)
-  labels = torch.randint(0, num_classes, (batch,))
+  images = torch.randn(batch, 3, 224, 224, device=device)
+  labels = torch.randint(0, num_classes, (batch,), device=device)
+  autocast = (torch.autocast(device_type=device.split(":")[0], dtype=autocast_dtype)
+              if autocast_dtype is not None else None)
 
   def step() -> float:
     start = time.perf_counter()
     opt.zero_grad(set_to_none=True)
-    F.cross_entropy(model(images), labels).backward()
+    if autocast is not None:
+      with autocast:
+        loss = F.cross_entropy(model(images), labels)
+    else:
+      loss = F.cross_entropy(model(images), labels)
+    loss.backward()
     opt.step()
+    if device != "cpu":
+      torch.cuda.synchronize()
     return time.perf_counter() - start
 
   return step

@@ -21,11 +21,12 @@ official stop-gradient), ``tfds``, ``paper`` (select on test).
 Paper (Table 3, CUB test; pixel acc / IoU / dice / precision / recall): AG-CAM 0.8351 /
 0.5836 / 0.7220 / 0.8987 / 0.6438; Rollout 0.7273 / 0.3097 / 0.4339 / 0.8357 / 0.3420;
 LRP 0.7039 / 0.1997 / 0.3106 / 0.9669 / 0.1992.
+Variant ``bf16``: bfloat16 compute with float32 parameters (GPUs/TPUs; README "GPUs and TPUs").
 """
 from wsol_jax import config_lib
 
 # The variants ``get_config(arg)`` accepts (``--config configs/agcam_cub.py:a,b``).
-VARIANTS = ('rollout', 'lrp', 'nostopgrad', 'tfds', 'paper')
+VARIANTS = ('rollout', 'lrp', 'nostopgrad', 'tfds', 'paper', 'bf16')
 
 
 def get_config(arg=None):
@@ -44,4 +45,5 @@ def get_config(arg=None):
   c.eval.map_kind = "rollout" if "rollout" in variants else "lrp" if "lrp" in variants else ""
   c.eval.pixel_threshold = 0.5
   c.eval.abpc = True
+  config_lib.set_precision(c, variants)
   return c

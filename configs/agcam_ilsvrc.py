@@ -20,6 +20,7 @@ Paper (Tables 1 and 4, ILSVRC val; pixel acc / IoU / dice / precision / recall):
 AG-CAM 0.7341 / 0.5212 / 0.6515 / 0.8299 / 0.6276; Rollout 0.6209 / 0.3597 / 0.4893 /
 0.7326 / 0.4657; LRP 0.5863 / 0.2029 / 0.3055 / 0.9110 / 0.2176. ABPC (LeRF − MoRF):
 AG-CAM 0.3691 (0.5298 − 0.1607), LRP 0.3404, Rollout 0.2685.
+Variant ``bf16``: bfloat16 compute with float32 parameters (GPUs/TPUs; README "GPUs and TPUs").
 """
 import importlib.util
 import pathlib
@@ -35,7 +36,7 @@ def _agcam_cub():
   return module
 
 # The variants ``get_config(arg)`` accepts (``--config configs/agcam_ilsvrc.py:a,b``).
-VARIANTS = ('rollout', 'lrp', 'nostopgrad')
+VARIANTS = ('rollout', 'lrp', 'nostopgrad', 'bf16')
 
 
 def get_config(arg=None):
@@ -46,4 +47,5 @@ def get_config(arg=None):
   c.training.num_epochs = 0
   c.eval.select_split = ""
   c.checkpoint.every_steps = 2000
+  config_lib.set_precision(c, variants)
   return c

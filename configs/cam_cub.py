@@ -20,11 +20,12 @@ RFGA paper's CAM row (it used 448 inputs: variant ``rfga``, the RFGA recipe of
 ``rfga_cub.py`` for CAM). Variant ``tfds``: TFDS caltech_birds2011 with 10% of train held out.
 Published: RFGA paper Table 1, CAM on CUB (RFGA protocol): MaxBoxAcc 68.54 / 39.59 / 16.00 /
 3.92 / 0.54 at δ = 0.5…0.9, Avg. 25.71, mIoU 0.6565; top-1 cls 81.41.
+Variant ``bf16``: bfloat16 compute with float32 parameters (GPUs/TPUs; README "GPUs and TPUs").
 """
 from wsol_jax import config_lib
 
 # The variants ``get_config(arg)`` accepts (``--config configs/cam_cub.py:a,b``).
-VARIANTS = ('large', 'rfga', 'tfds')
+VARIANTS = ('large', 'rfga', 'tfds', 'bf16')
 
 
 def get_config(arg=None):
@@ -32,6 +33,7 @@ def get_config(arg=None):
   c = config_lib.base_config()
   config_lib.set_cub_data(c, variants)
   wsolevaluation_recipe(c, variants)
+  config_lib.set_precision(c, variants)
   return c
 
 

@@ -11,6 +11,7 @@ of the checkpoint is kept (wsolevaluation loads it for ILSVRC). Variant ``large`
 stride 8. The wsolevaluation paper's tuned ImageNet values differ (README/appendix).
 Published: ResNet-50 CAM on ImageNet, MaxBoxAccV2 63.7 (wsolevaluation; quoted in
 ViTOL's Table 1).
+Variant ``bf16``: bfloat16 compute with float32 parameters (GPUs/TPUs; README "GPUs and TPUs").
 """
 import importlib.util
 import pathlib
@@ -26,7 +27,7 @@ def _cam_cub():
   return module
 
 # The variants ``get_config(arg)`` accepts (``--config configs/cam_ilsvrc.py:a,b``).
-VARIANTS = ('large', 'rfga')
+VARIANTS = ('large', 'rfga', 'bf16')
 
 
 def get_config(arg=None):
@@ -35,4 +36,5 @@ def get_config(arg=None):
   config_lib.set_ilsvrc_data(c, variants)
   _cam_cub().wsolevaluation_recipe(c, variants)
   c.eval.protocols = ()
+  config_lib.set_precision(c, variants)
   return c

@@ -13,6 +13,7 @@ epochs, 40 epochs, batch 64). Variant ``rfga``: the RFGA paper's recipe (600 →
 RFGA protocol reported at the end (MaxBoxAcc V1 at IoU 50…90, mIoU).
 Published: RFGA paper Table 1, CAM on Dogs: 81.05 / 69.58 / 53.87 / 31.76 / 10.51 at
 δ = 0.5…0.9, Avg. 49.35, mIoU 0.7884; top-1 cls 79.35 (RFGA w/ R: Avg. 54.42, mIoU 0.8135).
+Variant ``bf16``: bfloat16 compute with float32 parameters (GPUs/TPUs; README "GPUs and TPUs").
 """
 import importlib.util
 import pathlib
@@ -28,7 +29,7 @@ def _load(name):
   return module
 
 # The variants ``get_config(arg)`` accepts (``--config configs/cam_stanford_dogs.py:a,b``).
-VARIANTS = ('rfga', 'large', 'paper')
+VARIANTS = ('rfga', 'large', 'paper', 'bf16')
 
 
 def get_config(arg=None):
@@ -36,4 +37,5 @@ def get_config(arg=None):
   c = config_lib.base_config()
   _load("rfga_stanford_dogs.py").set_dogs_data(c, variants)
   _load("cam_cub.py").wsolevaluation_recipe(c, variants)
+  config_lib.set_precision(c, variants)
   return c

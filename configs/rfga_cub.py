@@ -30,11 +30,12 @@ Paper (Table 1, CUB, MaxBoxAcc % at δ = 0.5 / 0.6 / 0.7 / 0.8 / 0.9, Avg., mIoU
   RFGA w/ R  75.99 / 51.19 / 26.30 / 8.08 / 1.19, 32.55, 0.6970   (top-1 cls 76.65)
   RFGA w/o R 71.85 / 42.04 / 17.24 / 4.09 / 0.59, 27.16, 0.6635   (top-1 cls 79.75)
   CAM        68.54 / 39.59 / 16.00 / 3.92 / 0.54, 25.71, 0.6565   (top-1 cls 81.41)
+Variant ``bf16``: bfloat16 compute with float32 parameters (GPUs/TPUs; README "GPUs and TPUs").
 """
 from wsol_jax import config_lib
 
 # The variants ``get_config(arg)`` accepts (``--config configs/rfga_cub.py:a,b``).
-VARIANTS = ('moana', 'wo_r', 'os16', 'tfds')
+VARIANTS = ('moana', 'wo_r', 'os16', 'tfds', 'bf16')
 
 
 def get_config(arg=None):
@@ -42,6 +43,7 @@ def get_config(arg=None):
   c = config_lib.base_config()
   config_lib.set_cub_data(c, variants)
   paper_recipe(c, variants)
+  config_lib.set_precision(c, variants)
   return c
 
 

@@ -17,11 +17,12 @@ second sigmoid), i.e. the MoANA configuration end to end. MoANA evaluates with i
 CAM normalisation (65th percentile) and IoU {30, 50, 70}; wsol_jax reports the
 wsolevaluation metrics and the RFGA protocol (min-max CAMs). Published ImageNet numbers
 for RFGA/MoANA are not in the RFGA paper.
+Variant ``bf16``: bfloat16 compute with float32 parameters (GPUs/TPUs; README "GPUs and TPUs").
 """
 from wsol_jax import config_lib
 
 # The variants ``get_config(arg)`` accepts (``--config configs/rfga_ilsvrc.py:a,b``).
-VARIANTS = ('moana',)
+VARIANTS = ('moana', 'bf16')
 
 
 def get_config(arg=None):
@@ -40,4 +41,5 @@ def get_config(arg=None):
   c.schedule.update(dict(name="multistep", steps=(5, 10, 15), factor=0.1))
   c.training.update(dict(batch_size=256, num_epochs=20))
   c.eval.update(dict(select_split="", batch_size=64))
+  config_lib.set_precision(c, variants)
   return c

@@ -18,6 +18,7 @@ Paper (Table 1, Dogs, MaxBoxAcc % at δ = 0.5 / 0.6 / 0.7 / 0.8 / 0.9, Avg., mIo
   CAM        81.05 / 69.58 / 53.87 / 31.76 / 10.51, 49.35, 0.7884   (top-1 cls 79.35)
 Ablation (Table 3, Avg. / mIoU): channel only 52.81 / 0.8001, height 30.21 / 0.5710,
 width 53.13 / 0.8018, full 54.42 / 0.8135.
+Variant ``bf16``: bfloat16 compute with float32 parameters (GPUs/TPUs; README "GPUs and TPUs").
 """
 import importlib.util
 import pathlib
@@ -44,7 +45,7 @@ def set_dogs_data(c, variants):
   c.model.num_classes = 120
 
 # The variants ``get_config(arg)`` accepts (``--config configs/rfga_stanford_dogs.py:a,b``).
-VARIANTS = ('moana', 'wo_r', 'os16', 'paper')
+VARIANTS = ('moana', 'wo_r', 'os16', 'paper', 'bf16')
 
 
 def get_config(arg=None):
@@ -52,4 +53,5 @@ def get_config(arg=None):
   c = config_lib.base_config()
   set_dogs_data(c, variants)
   _rfga_cub().paper_recipe(c, variants)
+  config_lib.set_precision(c, variants)
   return c

@@ -14,11 +14,12 @@ Official code: AdamW (0.9, 0.999), wd 0.05, lr 5e-5, 30 epochs, ×0.1 at epoch 3
 (README example 256), drop-path 0.1, seed 26.
 Paper (Table 1, DeiT-S, CUB test): Top-1 Loc 76.4, Top-5 Loc 91.6, GT-known 96.6,
 Cls 78.5 / 94.5; appendix (selected on CUBV2): MaxBoxAccV1 96.6, MaxBoxAccV2 89.9.
+Variant ``bf16``: bfloat16 compute with float32 parameters (GPUs/TPUs; README "GPUs and TPUs").
 """
 from wsol_jax import config_lib
 
 # The variants ``get_config(arg)`` accepts (``--config configs/scm_cub.py:a,b``).
-VARIANTS = ('tfds', 'paper', 'appendix', 'p4')
+VARIANTS = ('tfds', 'paper', 'appendix', 'p4', 'bf16')
 
 
 def get_config(arg=None):
@@ -36,4 +37,5 @@ def get_config(arg=None):
   if "p4" in variants:
     c.scm.iterations = (4, 4, 4, 4)
   c.eval.cam_threshold = 0.1
+  config_lib.set_precision(c, variants)
   return c

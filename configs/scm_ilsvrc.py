@@ -10,11 +10,12 @@ on the test split. Official code: lr 1e-6 (README, paper), batch 512, 20 epochs,
 steps [10, 12], CAM_THR 0.12.
 Paper (Table 1, DeiT-S, ILSVRC val): Top-1 Loc 56.1, Top-5 Loc 66.4, GT-known 68.8,
 Cls 76.7 / 93.0.
+Variant ``bf16``: bfloat16 compute with float32 parameters (GPUs/TPUs; README "GPUs and TPUs").
 """
 from wsol_jax import config_lib
 
 # The variants ``get_config(arg)`` accepts (``--config configs/scm_ilsvrc.py:a,b``).
-VARIANTS = ('paper',)
+VARIANTS = ('paper', 'bf16')
 
 
 def get_config(arg=None):
@@ -29,4 +30,5 @@ def get_config(arg=None):
   c.training.update(dict(batch_size=512, num_epochs=20))
   c.eval.cam_threshold = 0.12
   c.checkpoint.every_steps = 2000
+  config_lib.set_precision(c, variants)
   return c

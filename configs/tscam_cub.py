@@ -15,11 +15,12 @@ Official code: AdamW (0.9, 0.999), eps 1e-8, wd 0.05 (timm no-decay rule), lr 5e
 flip, test resize 224, seed 26.
 Paper (Table 1, DeiT-S, CUB test): Top-1 Loc 71.3, Top-5 Loc 83.8, GT-known 87.7,
 Cls 80.3 / 94.8. SCM's appendix (selected on CUBV2): MaxBoxAccV1 88.9, MaxBoxAccV2 79.6.
+Variant ``bf16``: bfloat16 compute with float32 parameters (GPUs/TPUs; README "GPUs and TPUs").
 """
 from wsol_jax import config_lib
 
 # The variants ``get_config(arg)`` accepts (``--config configs/tscam_cub.py:a,b``).
-VARIANTS = ('tfds', 'paper')
+VARIANTS = ('tfds', 'paper', 'bf16')
 
 
 def get_config(arg=None):
@@ -34,4 +35,5 @@ def get_config(arg=None):
   c.schedule.update(dict(name="step", steps=(30,), factor=0.1))
   c.training.update(dict(batch_size=128, num_epochs=60))
   c.eval.cam_threshold = 0.1
+  config_lib.set_precision(c, variants)
   return c

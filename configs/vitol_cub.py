@@ -24,6 +24,7 @@ tuned on ImageNet — the repo has no CUB configuration).
 Paper numbers (CUB test, DeiT-B, MaxBoxAccV2 / IoU30 / IoU50 / IoU70): ViTOL-GAR 72.42 /
 96.68 / 80.89 / 39.69; ViTOL-LRP 73.17 (Table 1); stage-1 baseline GAR 70.79 / 96.15 /
 78.2 / 38.03, rollout 49.75; p-ADL + rollout 57.42 (Table 3).
+Variant ``bf16``: bfloat16 compute with float32 parameters (GPUs/TPUs; README "GPUs and TPUs").
 """
 import importlib.util
 import pathlib
@@ -39,7 +40,7 @@ def _vitol_ilsvrc():
   return module
 
 # The variants ``get_config(arg)`` accepts (``--config configs/vitol_cub.py:a,b``).
-VARIANTS = ('stage1', 'lrp', 'tfds')
+VARIANTS = ('stage1', 'lrp', 'tfds', 'bf16')
 
 
 def get_config(arg=None):
@@ -64,4 +65,5 @@ def get_config(arg=None):
     c.training.num_epochs = 10
   _vitol_ilsvrc().set_map(c, "lrp" if "lrp" in variants else "gar")
   c.eval.select_split = ""  # the paper evaluates the last checkpoint
+  config_lib.set_precision(c, variants)
   return c

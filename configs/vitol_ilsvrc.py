@@ -27,6 +27,7 @@ DeiT-S GAR 69.61 (README) / 54.74 / 71.86 / 71.84; DeiT-S LRP 68.23 (README) / 5
 70.48 / 71.84; DeiT-B GAR 69.17 / 57.62 / 71.32 / 77.08; DeiT-B LRP 70.47 / 58.64 /
 72.51 / 77.08 (Tables 1–2). The baseline DeiT-B (no p-ADL, no training): GAR 62.82,
 rollout 45.94 (Table 3).
+Variant ``bf16``: bfloat16 compute with float32 parameters (GPUs/TPUs; README "GPUs and TPUs").
 """
 from wsol_jax import config_lib
 
@@ -34,7 +35,7 @@ THRESHOLDS = {("deit_small_patch16_224", "gar"): 0.165, ("deit_small_patch16_224
               ("deit_base_patch16_224", "gar"): 0.208, ("deit_base_patch16_224", "lrp"): 0.185}
 
 # The variants ``get_config(arg)`` accepts (``--config configs/vitol_ilsvrc.py:a,b``).
-VARIANTS = ('base', 'lrp')
+VARIANTS = ('base', 'lrp', 'bf16')
 
 
 def get_config(arg=None):
@@ -52,6 +53,7 @@ def get_config(arg=None):
   set_map(c, "lrp" if "lrp" in variants else "gar")
   c.eval.select_split = ""  # the paper evaluates the last checkpoint
   c.checkpoint.every_steps = 2000
+  config_lib.set_precision(c, variants)
   return c
 
 

@@ -6,6 +6,13 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# On an accelerator (e.g. benchmarks/accelerator_check.py runs these tests with
+# JAX_PLATFORMS=cuda or tpu) float32 matmuls run at full precision: the parity tolerances are
+# float32's, and a TPU's default bf16 passes (or a GPU's TF32) would break them.
+if os.environ["JAX_PLATFORMS"].split(",")[0] not in ("cpu", ""):
+  import jax  # noqa: E402
+  jax.config.update("jax_default_matmul_precision", "highest")
+
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402

@@ -231,3 +231,26 @@ def test_a_checkpoint_written_on_an_fsdp_mesh_resumes_on_four_replicated_devices
   assert all(np.isfinite(r["loss"]) for r in train)
   ran = json.loads((workdir / "config.json").read_text())["runtime"]
   assert ran["device_count"] == 4
+
+
+def test_every_paper_config_has_a_bf16_variant():
+  for path in sorted((ROOT / "configs").glob("*.py")):
+    if "synthetic" in path.name:
+      continue
+    cfg = config_lib.load(f"{path}:bf16")
+    assert (cfg.model.dtype, cfg.model.param_dtype) == ("bfloat16", "float32"), path.name
+    assert config_lib.load(str(path)).model.dtype == "float32"
+
+
+def test_bfloat16_cnn_step_keeps_batchnorm_statistics_float32():
+  cfg = config_lib.load(f"{ROOT / 'configs/rfga_cub.py'}:bf16")
+  cfg.model.kwargs = dict(layers=(1, 1, 1, 1), width=8)
+  cfg.model.num_classes, cfg.data.image_size = 5, 32
+  method = get_method(cfg, Runtime())
+  tx = optax.sgd(0.01)
+  state = trainer.init_state(method, tx, seed=0)
+  state, metrics = jax.jit(trainer.make_train_step(method, tx, optax.constant_schedule(0.01)))(
+      state, {k: jnp.asarray(v) for k, v in _batch().items()})
+  assert np.isfinite(float(metrics["loss"]))
+  floats = {x.dtype for x in jax.tree_util.tree_leaves((state["params"], state["model_state"]))}
+  assert floats == {jnp.dtype(jnp.float32)}

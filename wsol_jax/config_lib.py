@@ -305,6 +305,15 @@ def check_variants(path: pathlib.Path, arg: str, declared: Sequence[str] | None)
                       f"{', '.join(hints)}; valid: {', '.join(declared)}")
 
 
+def set_precision(c: ml_collections.ConfigDict, variants: set[str]) -> None:
+  """The ``bf16`` variant of a paper config: bfloat16 compute with float32 parameters and
+  optimizer state (softmax, norms' statistics, logits, loss, SCM's diffusion, BatchNorm
+  statistics and the maps' post-processing stay float32; LRP maps run in float32)."""
+  if "bf16" in variants:
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "float32"
+
+
 def set_cub_data(c: ml_collections.ConfigDict, variants: set[str]) -> None:
   """CUB-200-2011: wsolevaluation metadata (val = CUBV2), or TFDS with a held-out 10% of train."""
   if "tfds" in variants:
