@@ -47,6 +47,8 @@ def test_parse_annotation_reads_size_objects_and_flags(tmp_path):
      r"object 0 has unknown class 'dragon'"),
     (voc_devkit.xml_text("a", (50, 40), [("dog", (1, 1, "5.x", 5), 0, 0)]),
      r"object 0 \(dog\) <xmax> is not a number: '5.x'"),
+    (voc_devkit.xml_text("a", (50, 40), [("dog", (1, "nan", 5, 5), 0, 0)]),
+     r"object 0 \(dog\) <ymin> is not a number: 'nan'"),
     (voc_devkit.xml_text("a", (50, 40), [("dog", (9, 1, 5, 5), 0, 0)]),
      r"box \(9, 1, 5, 5\) has xmin > xmax"),
     (voc_devkit.xml_text("a", (50, 40), [("dog", (1, 1, 5, 5), 0, 0), ("cat", (10, 5, 51, 20), 0, 0)]),
@@ -223,6 +225,10 @@ def test_config_entry_points(devkit, tfds_dir):
   assert len(sources.make_source(cfg, "val")) == 7
   cfg.voc.single_class = False
   assert len(sources.make_source(cfg, "val")) == 8
+  cfg.test_split = "val"
+  assert len(pipeline.build_eval_iterator(cfg, "test", 8).source) == 8
+  with pytest.raises(ValueError, match="'val' is this config's test split: ask for 'test'"):
+    pipeline.build_eval_iterator(cfg, "val", 8)
   cfg = config_lib.default_data_config()
   cfg.name, cfg.data_dir = "voc_tfds", str(tfds_dir)
   assert len(sources.make_source(cfg, "validation")) == 7
@@ -242,3 +248,21 @@ def test_eval_boxes_follow_agcams_scaling(devkit):
     official = [[int(x0 / w * 32), int(y0 / h * 32), int(x1 / w * 32), int(y1 / h * 32)]
                 for x0, y0, x1, y1 in r["boxes"].tolist()]
     assert b["boxes"][row, :n].tolist() == official and (b["boxes"][row, n:] == -1).all()
+
+
+def test_pixel_ground_truth_is_the_union_of_the_class_instances(devkit):
+  """AG-CAM's GT mask of the dog image is its three dogs (one difficult, one truncated);
+  without difficult boxes the difficult dog becomes background."""
+  from wsol_jax.eval import pixel_metrics
+  rows = {}
+  for difficult_boxes in (True, False):
+    src = voc.VocFolderSource(str(devkit), "val", voc.VocOptions(difficult_boxes=difficult_boxes))
+    loader, _ = pipeline.eval_loader(src, batch_size=8, image_size=32, max_boxes=4)
+    b = next(iter(loader))
+    row = list(b["index"]).index(src.image_ids.index("2012_100001"))
+    rows[difficult_boxes] = b["boxes"][row]
+  all_dogs = pixel_metrics.boxes_to_mask(rows[True], (32, 32))
+  scores = pixel_metrics.agcam_image_metrics(all_dogs.astype(np.float64), rows[True])
+  assert scores[4] == pytest.approx(1.0)  # recall: the predicted boxes cover every dog
+  fewer = pixel_metrics.agcam_image_metrics(all_dogs.astype(np.float64), rows[False])
+  assert fewer[3] < scores[3]  # precision drops: the difficult dog is background now

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import xml.etree.ElementTree as ElementTree
 from typing import Any, Iterable, Sequence
@@ -129,9 +130,12 @@ def _text(parent: ElementTree.Element, tag: str, path: str, where: str) -> str:
 def _number(parent: ElementTree.Element, tag: str, path: str, where: str) -> float:
   text = _text(parent, tag, path, where)
   try:
-    return float(text)
+    value = float(text)
   except ValueError:
-    raise VocAnnotationError(f"{path}: {where} <{tag}> is not a number: {text!r}") from None
+    value = math.nan
+  if not math.isfinite(value):
+    raise VocAnnotationError(f"{path}: {where} <{tag}> is not a number: {text!r}")
+  return value
 
 
 def _flag(parent: ElementTree.Element, tag: str) -> bool:
