@@ -51,11 +51,13 @@ def test_parse_annotation_reads_size_objects_and_flags(tmp_path):
      r"object 0 \(dog\) <ymin> is not a number: 'nan'"),
     (voc_devkit.xml_text("a", (50, 40), [("dog", (9, 1, 5, 5), 0, 0)]),
      r"box \(9, 1, 5, 5\) has xmin > xmax"),
-    (voc_devkit.xml_text("a", (50, 40), [("dog", (1, 1, 5, 5), 0, 0), ("cat", (10, 5, 51, 20), 0, 0)]),
+    (voc_devkit.xml_text("a", (50, 40), [("dog", (1, 1, 5, 5), 0, 0),
+                                         ("cat", (10, 5, 51, 20), 0, 0)]),
      r"object 1 \(cat\) box \(10, 5, 51, 20\) leaves the 50x40 image \(set data.voc.clip_boxes"),
     (voc_devkit.xml_text("a", (50, 40), [], "<object><name>dog</name></object>"),
      r"object 0 \(dog\) has no <bndbox>"),
-    (voc_devkit.xml_text("a", (50, 40), [], "<object><bndbox/></object>"), r"object 0 has no <name>"),
+    (voc_devkit.xml_text("a", (50, 40), [], "<object><bndbox/></object>"),
+     r"object 0 has no <name>"),
     ("<annotation><size>", r"not valid XML"),
 ])
 def test_bad_annotations_fail_in_one_line_naming_the_file(tmp_path, text, message):
@@ -116,7 +118,8 @@ def test_folder_source_keeps_single_class_images_with_every_instance(devkit, cap
   assert (src.num_classes, src.class_names, src.has_masks) == (20, list(voc.CLASSES), False)
   assert src.num_images == 9 and len(src) == 7
   assert src.excluded == {"multi_class": 1, "no_class": 1, "no_box": 0}
-  assert "7 of 9 images kept, 1 with several classes excluded" in caplog.text
+  assert ("7 of 9 images kept, 1 with several classes excluded (data.voc.single_class), 1 "
+          "without a non-difficult object excluded") in caplog.text
   assert "2012_100000" not in src.image_ids and "2012_100002" not in src.image_ids
   r = src[src.image_ids.index("2012_100001")]
   assert r["label"] == DOG and r["image"].shape == (48, 64, 3) and r["error"] == ""

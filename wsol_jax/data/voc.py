@@ -256,7 +256,7 @@ class _VocBase:
 
 
 _REASONS = {"multi_class": "with several classes excluded (data.voc.single_class)",
-            "no_class": "with only difficult objects excluded (data.voc.difficult_labels)",
+            "no_class": "without a non-difficult object excluded (data.voc.difficult_labels)",
             "no_box": "left without a box excluded (data.voc.difficult_boxes / truncated_boxes)"}
 
 
