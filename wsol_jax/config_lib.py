@@ -256,7 +256,8 @@ RESUMABLE = ("training.num_epochs", "training.total_steps", "training.log_every_
              "data.read_threads", "data.read_prefetch", "data.val_split", "data.test_split",
              "data.use_masks", "data.max_consecutive_unreadable", "data.metadata.image_root",
              "data.metadata.val_image_root", "data.metadata.mask_root",
-             "data.metadata.metadata_dir", "data.metadata.clip_boxes", "data.synthetic.generate")
+             "data.metadata.metadata_dir", "data.metadata.clip_boxes", "data.synthetic.generate",
+             "data.voc.root", "data.voc.clip_boxes")
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

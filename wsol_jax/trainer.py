@@ -419,7 +419,8 @@ def _finish(method, config, checkpointer, writer, state, step, mesh, workdir, ra
   results: dict[str, Any] = {"selected_step": int(selected_step), "final_step": int(step),
                              "runtime": ran}
   if config.eval.test_at_end and config.data.test_split:
-    tester = evaluator_lib.for_method(method, config, config.data.test_split, mesh, protocols=True)
+    # The role 'test', not the split's name: a test split named 'val' (VOC) is not the val role.
+    tester = evaluator_lib.for_method(method, config, "test", mesh, protocols=True)
     report = tester.evaluate(variables)
     test = report.metrics
     baseline = dict(tester.run_baseline())

@@ -6,6 +6,7 @@ Modules (one job each):
   geometry         wsolevaluation box rescale, nearest mask resize, box moves.
   tfds_sources     CUB / Stanford Dogs / wsol_synthetic through tfds.data_source.
   wsol_metadata    wsolevaluation metadata folders (CUB, CUBV2, ILSVRC, OpenImages).
+  voc              PASCAL VOC 2012 (VOCdevkit folder, TFDS voc/2012) in AG-CAM's protocol.
   synthetic_render drawing one synthetic image.
   synthetic        the wsol_synthetic TFDS builder and ensure_synthetic_dataset.
   transforms       grain transforms (train augmentation, eval rows, skip counting).
@@ -42,6 +43,10 @@ _EXPORTS = {
     "MetadataError": "wsol_metadata",
     "MetadataNotFoundError": "wsol_metadata",
     "UnreadableDataError": "records",
+    "VocFolderSource": "voc",
+    "VocTfdsSource": "voc",
+    "VocAnnotationError": "voc",
+    "VocNotFoundError": "voc",
 }
 
 __all__ = sorted(_EXPORTS)

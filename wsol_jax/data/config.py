@@ -2,8 +2,9 @@
 
 Fields of ``cfg_data`` (``default_data_config()``; '' / 0 mean "dataset default"):
 
-  name           'synthetic' | 'cub' | 'stanford_dogs' | 'wsol_metadata'.
-  data_dir       TFDS data directory for 'synthetic', 'cub', 'stanford_dogs'
+  name           'synthetic' | 'cub' | 'stanford_dogs' | 'wsol_metadata' | 'voc' (a VOCdevkit
+                 folder, ``voc.root``) | 'voc_tfds' (TFDS voc/2012).
+  data_dir       TFDS data directory for 'synthetic', 'cub', 'stanford_dogs', 'voc_tfds'
                  ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).
   download       TFDS only: download and prepare a missing dataset (needs network
                  and TensorFlow). Default False: a missing dataset raises an error
@@ -11,13 +12,14 @@ Fields of ``cfg_data`` (``default_data_config()``; '' / 0 mean "dataset default"
   train_split    split for training ('train').
   val_split      held-out model-selection split: synthetic 'val'; wsol_metadata 'val'
                  (CUBV2 for CUB, ImageNetV2 for ILSVRC); CUB/Dogs on TFDS have none ('').
-  test_split     evaluation split ('test').
+  test_split     evaluation split ('test'; VOC 2012 has no annotated test set: its val is
+                 'val' in the folder, 'validation' on TFDS).
   image_size     train crop and eval resize, int or (h, w) (224; e.g. 64 for the demo).
   resize_size    train resize before the random crop, int or (h, w) (256; e.g. 72).
   random_flip    random horizontal flip in training (True).
   max_boxes      G, boxes per eval row (0 = default: 1 for CUB/synthetic/OpenImages,
-                 16 for Stanford Dogs, 20 for ILSVRC). Images with more boxes keep the
-                 first G and log a warning.
+                 16 for Stanford Dogs, 20 for ILSVRC, 64 for VOC). Images with more boxes
+                 keep the first G and log a warning.
   train_boxes    also yield padded 'boxes' in training batches (False).
   use_masks      deliver masks in eval batches when the dataset has them (True).
   mask_threshold TFDS masks: value above which a pixel is object (127).
@@ -39,6 +41,19 @@ Fields of ``cfg_data`` (``default_data_config()``; '' / 0 mean "dataset default"
     clip_boxes     clip boxes that leave their image (counted and logged) instead of
                    failing on them (False). Every split's metadata is validated before
                    the first training step (ids, labels, sizes, boxes; file:line).
+  voc            for name='voc' / 'voc_tfds' (AG-CAM's VOC protocol; ``wsol_jax.data.voc``):
+    root           the VOCdevkit/VOC2012 folder (Annotations/, JPEGImages/, ImageSets/Main/);
+                   name='voc' only.
+    single_class   keep only images with exactly one class (True: the paper's protocol).
+                   False labels a multi-class image with the class of its first object.
+    difficult_labels  a class whose instances are all 'difficult' counts as a label of the
+                   image (False: VOC's per-class image lists mark it 0, not 1).
+    difficult_boxes   difficult instances of the image's class are ground truth (True: the
+                   official code takes every instance).
+    truncated_boxes   truncated instances likewise (True). An image left without a box by
+                   these two is dropped (counted in the log).
+    clip_boxes     clip boxes that leave their image (counted and logged) instead of failing
+                   on them (False; name='voc' only: TFDS cannot hold such boxes).
   synthetic      for name='synthetic' (see ``synthetic.SyntheticParams``;
                  ``synthetic_demo_config('easy'|'default'|'hard')`` applies a preset):
     generate       create the dataset in data_dir if it is missing (True).
@@ -55,9 +70,10 @@ import ml_collections
 
 from wsol_jax.data import synthetic_render
 
-NAMES = ("synthetic", "cub", "stanford_dogs", "wsol_metadata")
+NAMES = ("synthetic", "cub", "stanford_dogs", "wsol_metadata", "voc", "voc_tfds")
 
-_MAX_BOXES = {"synthetic": 1, "cub": 1, "stanford_dogs": 16}
+# VOC 2012 has crowds of one class (dozens of people) in single-class images.
+_MAX_BOXES = {"synthetic": 1, "cub": 1, "stanford_dogs": 16, "voc": 64, "voc_tfds": 64}
 _METADATA_MAX_BOXES = {"CUB": 1, "ILSVRC": 20, "OpenImages": 1}
 
 
@@ -86,6 +102,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   cfg.metadata = ml_collections.ConfigDict(dict(
       dataset="CUB", metadata_dir="", image_root="", val_image_root="", mask_root="",
       num_classes=0, clip_boxes=False))
+  cfg.voc = ml_collections.ConfigDict(dict(
+      root="", single_class=True, difficult_labels=False, difficult_boxes=True,
+      truncated_boxes=True, clip_boxes=False))
   render = synthetic_render.RenderParams()
   cfg.synthetic = ml_collections.ConfigDict(dict(
       generate=True, num_train=8000, num_val=300, num_test=600, seed=0,

@@ -321,8 +321,12 @@ def build_eval_iterator(cfg_data: Any, split: str, batch_size: int) -> EvalItera
   if split in ("train", "val", "test"):
     resolved = config_lib.resolve_split(cfg_data, split)
     if not resolved:
+      # VOC 2012's test split is its 'val' list: the name then means the test role.
+      roles = [r for r in ("train", "test") if cfg_data[f"{r}_split"] == split]
+      hint = (f" ({split!r} is this config's {roles[0]} split: ask for {roles[0]!r})"
+              if roles else "")
       raise ValueError(f"dataset {cfg_data.name!r} has no {split!r} split; set "
-                       f"cfg_data.{split}_split")
+                       f"cfg_data.{split}_split{hint}")
     split = resolved
   source = make_source(cfg_data, split)
   info = dataset_info(cfg_data, source)

@@ -5,13 +5,14 @@ import dataclasses
 from typing import Any, Protocol
 
 from wsol_jax.data import config as config_lib
-from wsol_jax.data import records, synthetic, tfds_sources, wsol_metadata
+from wsol_jax.data import records, synthetic, tfds_sources, voc, wsol_metadata
 
 _TFDS_NAMES = {"cub": tfds_sources.CUB, "stanford_dogs": tfds_sources.STANFORD_DOGS}
 
 
 class Source(Protocol):
-  """What the pipelines need from a source (``TfdsSource``, ``WsolMetadataSource``)."""
+  """What the pipelines need from a source (``TfdsSource``, ``WsolMetadataSource``,
+  ``voc.VocFolderSource``, ``voc.VocTfdsSource``)."""
   num_classes: int
   class_names: list[str]
   has_masks: bool
@@ -39,7 +40,8 @@ def make_source(cfg: Any, split: str) -> Source:
 
   Raises:
     ValueError: unknown ``cfg.name``.
-    tfds_sources.DatasetNotFoundError / wsol_metadata.MetadataNotFoundError:
+    tfds_sources.DatasetNotFoundError / wsol_metadata.MetadataNotFoundError /
+    voc.VocNotFoundError:
       the data is missing; the message says how to get it.
   """
   if not split:
@@ -72,6 +74,11 @@ def make_source(cfg: Any, split: str) -> Source:
         m.metadata_dir, split, image_root, mask_root=m.mask_root or None,
         dataset=m.dataset or None, num_classes=m.num_classes or None,
         use_masks=use_masks, clip_boxes=bool(m.clip_boxes))
+  if cfg.name == "voc":
+    return voc.VocFolderSource(cfg.voc.root, split, voc.VocOptions.from_config(cfg.voc))
+  if cfg.name == "voc_tfds":
+    return voc.VocTfdsSource(split, data_dir, voc.VocOptions.from_config(cfg.voc),
+                             download=bool(cfg.download))
   raise ValueError(f"unknown dataset name {cfg.name!r}; expected one of {config_lib.NAMES}")
 
 

@@ -65,6 +65,7 @@ class TfdsSource:
     class_names: its names.
     has_masks: whether records carry a 'mask'.
   """
+  _DECODERS: dict[str, Any] | None = None  # tfds.data_source ``decoders`` (subclasses)
 
   def __init__(self, name: str, split: str, data_dir: str | None = None, *, download: bool = False,
                use_masks: bool = True, mask_threshold: int = 127,
@@ -115,6 +116,8 @@ class TfdsSource:
     hint = (self._missing_hint or _PREPARE_HINT).format(name=self.name.split("/")[0],
                                                         data_dir=data_dir)
     kwargs: dict[str, Any] = dict(split=self.split, data_dir=self.data_dir)
+    if self._DECODERS:
+      kwargs["decoders"] = self._DECODERS
     if self.download:
       kwargs["builder_kwargs"] = {"file_format": "array_record"}
     try:
