@@ -21,7 +21,7 @@ Evaluation: the AG-CAM protocol (pixel accuracy / IoU / dice / precision / recal
 of the external-contour boxes of map > 0.5 against the union of the class's GT boxes, over
 correctly classified images; ABPC) plus MaxBoxAccV2 and the center-Gaussian baseline.
 Variants: ``rollout`` / ``lrp`` (the paper's baselines as the evaluated map), ``nostopgrad``,
-``tfds``.
+``tfds``, ``bf16`` (bfloat16 compute with float32 parameters; GPUs/TPUs).
 Paper (Table 2, VOC 2012 val; pixel acc / IoU / dice / precision / recall): AG-CAM 0.7521 /
 0.5335 / 0.6646 / 0.8167 / 0.6647; Rollout 0.5592 / 0.1645 / 0.2431 / 0.5802 / 0.2115;
 LRP 0.5750 / 0.1574 / 0.2348 / 0.7651 / 0.1716. Not yet reproduced here (no VOC run).
@@ -32,7 +32,7 @@ import pathlib
 from wsol_jax import config_lib
 
 # The variants ``get_config(arg)`` accepts (``--config configs/agcam_voc.py:a,b``).
-VARIANTS = ('rollout', 'lrp', 'nostopgrad', 'tfds')
+VARIANTS = ('rollout', 'lrp', 'nostopgrad', 'tfds', 'bf16')
 
 
 def _agcam_cub():
@@ -45,7 +45,7 @@ def _agcam_cub():
 
 def get_config(arg=None):
   variants = config_lib.parse_arg(arg)
-  c = _agcam_cub().get_config(",".join(sorted(variants & {"rollout", "lrp", "nostopgrad"})))
+  c = _agcam_cub().get_config(",".join(sorted(variants & {"rollout", "lrp", "nostopgrad", "bf16"})))
   if "tfds" in variants:
     c.data.name = "voc_tfds"   # TFDS voc/2012: 'train', 'validation' (= VOC val)
     c.data.test_split = "validation"
