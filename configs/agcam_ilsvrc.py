@@ -22,18 +22,13 @@ AG-CAM 0.7341 / 0.5212 / 0.6515 / 0.8299 / 0.6276; Rollout 0.6209 / 0.3597 / 0.4
 AG-CAM 0.3691 (0.5298 − 0.1607), LRP 0.3404, Rollout 0.2685.
 Variant ``bf16``: bfloat16 compute with float32 parameters (GPUs/TPUs; README "GPUs and TPUs").
 """
-import importlib.util
 import pathlib
 
 from wsol_jax import config_lib
 
 
 def _agcam_cub():
-  path = pathlib.Path(__file__).with_name("agcam_cub.py")
-  spec = importlib.util.spec_from_file_location("_agcam_cub", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.load_module(pathlib.Path(__file__).with_name("agcam_cub.py"))
 
 # The variants ``get_config(arg)`` accepts (``--config configs/agcam_ilsvrc.py:a,b``).
 VARIANTS = ('rollout', 'lrp', 'nostopgrad', 'bf16')

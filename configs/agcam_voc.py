@@ -26,7 +26,6 @@ Paper (Table 2, VOC 2012 val; pixel acc / IoU / dice / precision / recall): AG-C
 0.5335 / 0.6646 / 0.8167 / 0.6647; Rollout 0.5592 / 0.1645 / 0.2431 / 0.5802 / 0.2115;
 LRP 0.5750 / 0.1574 / 0.2348 / 0.7651 / 0.1716. Not yet reproduced here (no VOC run).
 """
-import importlib.util
 import pathlib
 
 from wsol_jax import config_lib
@@ -36,11 +35,7 @@ VARIANTS = ('rollout', 'lrp', 'nostopgrad', 'tfds', 'bf16')
 
 
 def _agcam_cub():
-  path = pathlib.Path(__file__).with_name("agcam_cub.py")
-  spec = importlib.util.spec_from_file_location("_agcam_cub", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.load_module(pathlib.Path(__file__).with_name("agcam_cub.py"))
 
 
 def get_config(arg=None):

@@ -94,6 +94,19 @@ def test_cli_target_and_default_batch(vit_dir, image_files, tmp_path):
   assert {r["target"] for r in csv.DictReader(open(tmp_path / "summary.csv"))} == {"3"}
 
 
+def test_cli_bfloat16_maps_keep_the_float32_ranking(vit_dir, image_files, tmp_path):
+  from scipy import stats
+  path, model, variables = vit_dir
+  readable = [image_files[i] for i in (0, 2, 4)]
+  assert explain.main(["--checkpoint", str(path), "--method", "rollout", "--images", *readable,
+                       "--out", str(tmp_path), "--dtype", "bfloat16", "--cpu-tuning", "off"]) == 0
+  got = np.stack([np.load(tmp_path / f"{n}.npy") for n in ("rgb", "gray", "alpha")])
+  ref, _ = _reference_maps(model, variables, readable, "rollout")
+  assert not np.allclose(got, ref, rtol=1e-6, atol=0)  # it did run in bfloat16
+  for a, b in zip(got.reshape(3, -1), ref.reshape(3, -1)):
+    assert stats.spearmanr(a, b).statistic >= 0.95
+
+
 @pytest.mark.parametrize("method", ["tscam", "scm"])
 def test_cli_conv_head_models_default_to_their_method(tmp_path, image_files, method):
   model, variables = _save_vit(tmp_path / "model", method=method, head="conv3x3")

@@ -210,6 +210,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--target", type=int, help="class to explain for every image (default: argmax)")
   parser.add_argument("--batch-size", type=int, default=16)
   parser.add_argument("--threshold", type=float, default=0.2, help="score threshold of the box")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="compute dtype of the model (as config.model.dtype; LRP runs in float32)")
   from wsol_jax import cpu
   parser.add_argument("--cpu-tuning", choices=cpu.SETTINGS, default="auto",
                       help="XLA:CPU tuning (wsol_jax.cpu; as config.cpu_tuning)")
@@ -226,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   from wsol_jax import config_lib, cpu
   try:
     runtime = cpu.install(argparse.Namespace(cpu_tuning=args.cpu_tuning))  # before any backend
+    runtime = runtime.for_model(argparse.Namespace(dtype=args.dtype, param_dtype="float32",
+                                                   fused_attn=True))
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -15,6 +15,23 @@ import cv2
 import numpy as np
 
 
+def fit_to_image(box: tuple[float, float, float, float], width: float, height: float,
+                 clip: bool) -> tuple[tuple[float, float, float, float] | None, str]:
+  """The one rule for a box against its image's size: ``(box, '')`` when it lies inside;
+  when it leaves the image, ``(clipped box, 'clipped')`` if ``clip``, else ``(None,
+  'leaves')``; ``(None, 'outside')`` when clipping leaves nothing of it. Callers word the
+  error with their file and line."""
+  x0, y0, x1, y1 = box
+  if min(x0, y0) >= 0 and x1 <= width and y1 <= height:
+    return box, ""
+  if not clip:
+    return None, "leaves"
+  x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+  if x1 < x0 or y1 < y0:
+    return None, "outside"
+  return (x0, y0, x1, y1), "clipped"
+
+
 def resize_bbox(boxes: np.ndarray, image_size: tuple[int, int],
                 resize_size: tuple[int, int]) -> np.ndarray:
   """wsolevaluation ``resize_bbox`` on (N, 4) boxes.

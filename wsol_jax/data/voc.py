@@ -52,7 +52,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from wsol_jax.data import images, records, tfds_sources
+from wsol_jax.data import geometry, images, records, tfds_sources
 
 log = logging.getLogger("wsol_jax.data")  # console and train.log
 
@@ -183,16 +183,15 @@ def parse_annotation(path: str, options: VocOptions = VocOptions()
     box_text = f"({x0:g}, {y0:g}, {x1:g}, {y1:g})"
     if x1 < x0 or y1 < y0:
       raise VocAnnotationError(f"{path}: {where} box {box_text} has xmin > xmax or ymin > ymax")
-    if min(x0, y0) < 0 or x1 > w or y1 > h:
-      if not options.clip_boxes:
-        raise VocAnnotationError(f"{path}: {where} box {box_text} leaves the {w:g}x{h:g} image "
-                                 "(set data.voc.clip_boxes=True to clip such boxes)")
-      clipped += 1
-      x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, w), min(y1, h)
-      if x1 < x0 or y1 < y0:
-        raise VocAnnotationError(f"{path}: {where} box {box_text} lies outside the "
-                                 f"{w:g}x{h:g} image")
-    objects.append(VocObject(CLASSES.index(name), (x0, y0, x1, y1), _flag(obj, "difficult"),
+    box, status = geometry.fit_to_image((x0, y0, x1, y1), w, h, options.clip_boxes)
+    if status == "leaves":
+      raise VocAnnotationError(f"{path}: {where} box {box_text} leaves the {w:g}x{h:g} image "
+                               "(set data.voc.clip_boxes=True to clip such boxes)")
+    if status == "outside":
+      raise VocAnnotationError(f"{path}: {where} box {box_text} lies outside the "
+                               f"{w:g}x{h:g} image")
+    clipped += status == "clipped"
+    objects.append(VocObject(CLASSES.index(name), box, _flag(obj, "difficult"),
                              _flag(obj, "truncated")))
   return (int(w), int(h)), objects, clipped
 

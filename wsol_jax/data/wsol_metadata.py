@@ -160,18 +160,17 @@ def read_split_metadata(split_dir: str, clip_boxes: bool = False) -> SplitMetada
         raise MetadataError(f"{loc_path}:{lineno}: invalid box of image {fields[0]!r} (need "
                             f"x0 <= x1, y0 <= y1): {line!r}")
       w, h = sizes.get(fields[0], (float("inf"), float("inf")))
-      if min(x0, y0) < 0 or x1 > w or y1 > h:
-        if not clip_boxes:
-          raise MetadataError(
-              f"{loc_path}:{lineno}: box of image {fields[0]!r} leaves the image ({w}x{h} in "
-              f"image_sizes.txt): {line!r} (set data.metadata.clip_boxes=True to clip such "
-              "boxes)")
-        clipped += 1
-        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-        if x1 < x0 or y1 < y0:
-          raise MetadataError(f"{loc_path}:{lineno}: box of image {fields[0]!r} lies outside "
-                              f"the image ({w}x{h}): {line!r}")
-      boxes.setdefault(fields[0], []).append((x0, y0, x1, y1))
+      box, status = geometry.fit_to_image((x0, y0, x1, y1), w, h, clip_boxes)
+      if status == "leaves":
+        raise MetadataError(
+            f"{loc_path}:{lineno}: box of image {fields[0]!r} leaves the image ({w}x{h} in "
+            f"image_sizes.txt): {line!r} (set data.metadata.clip_boxes=True to clip such "
+            "boxes)")
+      if status == "outside":
+        raise MetadataError(f"{loc_path}:{lineno}: box of image {fields[0]!r} lies outside "
+                            f"the image ({w}x{h}): {line!r}")
+      clipped += status == "clipped"
+      boxes.setdefault(fields[0], []).append(box)
 
   for image_id in image_ids:
     if image_id not in labels:
