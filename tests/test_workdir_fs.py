@@ -171,3 +171,26 @@ def test_a_flushed_line_reaches_object_storage_without_another_write(gcs):
     time.sleep(0.05)
   assert path.read_text() == "first\n"
   out.close()
+
+
+@pytest.mark.slow
+def test_a_profiler_trace_of_a_gcs_workdir_is_copied_there(gcs):
+  from wsol_jax import trainer
+  prefix = f"wsol-test/{uuid.uuid4().hex}/run"
+  profiler = trainer._Profiler(epath.Path(f"gs://{prefix}/profile"), start=0, num=1)
+  profiler.before(0)
+  profiler.after(1, jax.numpy.arange(8.0) * 2)
+  assert not profiler.active
+  assert [k for k in gcs.store if k.startswith(f"{prefix}/profile/") and k.endswith(".xplane.pb")]
+
+
+def test_tensorboard_events_of_a_gcs_workdir_are_copied_there(gcs):
+  pytest.importorskip("tensorboardX")  # optional: TensorBoard events only when installed
+  from wsol_jax import reporting
+  workdir = epath.Path(f"gs://wsol-test/{uuid.uuid4().hex}/run")
+  writer = reporting.MetricWriter(workdir)
+  writer.write_train([{"step": 1, "loss": 1.0}], steps_per_epoch=4)
+  writer.close()
+  names = [p.name for p in (workdir / "tensorboard").iterdir()]
+  assert len(names) == 1 and names[0].startswith("events.out.tfevents")
+  assert (workdir / "tensorboard" / names[0]).stat().length > 0
