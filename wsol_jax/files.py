@@ -14,8 +14,9 @@ appears whole when its upload completes. So on a non-local path
   every ``UPLOAD_EVERY_S`` seconds (at the latest that long after a line is flushed) and on
   ``flush(force=True)``/``close()`` (locally: a file opened for appending, flushed on every
   write);
-* tools that write only to local files (TensorBoard event writers, the JAX profiler) write
-  to a local temporary directory that ``upload_tree`` copies into the workdir.
+* tools that open their files themselves (TensorBoard's event writer, the JAX profiler) write
+  to a local temporary directory that ``upload_tree`` copies into the workdir, so their
+  files too reach it through epath.
 """
 from __future__ import annotations
 
