@@ -48,6 +48,14 @@ class FakeGcsFileSystem(MemoryFileSystem):
     kwargs.pop("finalize_on_close", None)  # a gcsfs option that epath passes
     super().__init__(*args, **kwargs)
 
+  # GCS has no directories: a "directory" exists while an object name has it as a prefix
+  # (gcsfs's makedirs creates nothing inside a bucket either).
+  def mkdir(self, path, create_parents=True, **kwargs):
+    pass
+
+  def makedirs(self, path, exist_ok=False):
+    pass
+
   @classmethod
   def _strip_protocol(cls, path):
     path = fsspec.utils.stringify_path(path)

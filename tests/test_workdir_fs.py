@@ -158,6 +158,17 @@ def test_appender_reaches_the_file_as_documented(tmp_path, gcs, where):
   files.write_json(path.parent / "r.json", {"x": 1})
   assert json.loads((path.parent / "r.json").read_text()) == {"x": 1}
   assert sorted(p.name for p in path.parent.iterdir()) == ["log.txt", "r.json"]
+  # A directory move (``unrestorable/``): on object storage a copy of each object, then a
+  # delete of the source.
+  source = path.parent / "checkpoints" / "4"
+  (source / "state").mkdir(parents=True, exist_ok=True)
+  (source / "state" / "a").write_bytes(b"\x00\x01")
+  (source / "_CHECKPOINT_METADATA").write_text("{}")
+  target = path.parent / "unrestorable" / "checkpoints" / "4"
+  target.parent.mkdir(parents=True, exist_ok=True)
+  files.move_tree(source, target)
+  assert not source.exists() and (target / "state" / "a").read_bytes() == b"\x00\x01"
+  assert (target / "_CHECKPOINT_METADATA").read_text() == "{}"
 
 
 def test_a_flushed_line_reaches_object_storage_without_another_write(gcs):
