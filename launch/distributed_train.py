@@ -1,6 +1,6 @@
 """``python -m wsol_jax.train`` preceded by ``jax.distributed.initialize`` (multi-process runs).
 
-  python launch/distributed_train.py --config configs/scm_cub.py --workdir DIR [--config.a.b=v ...]
+  python launch/distributed_train.py --config configs/scm_cub.py --workdir DIR|gs://BUCKET/RUN [--config.a.b=v ...]
 
 The trainer does not start JAX's distributed runtime itself; this wrapper does, then
 calls ``wsol_jax.train.main`` with the same arguments. The runtime's arguments come from

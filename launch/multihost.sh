@@ -7,7 +7,8 @@
 # TRAIN_ARGS are those of `python -m wsol_jax.train` (--config, --workdir, --config.*).
 # Every process runs launch/distributed_train.py: jax.distributed.initialize, then the
 # trainer (which does not initialise the distributed runtime itself). The workdir must be
-# the same path, on a shared filesystem, for every process.
+# one that every process sees: a gs:// URL (pip install -e '.[gcs]'), or the same path on a
+# shared filesystem (NFS, Filestore, a bucket mounted with gcsfuse).
 #
 # Environment:
 #   COORDINATOR       host:port of process 0 (local: localhost:$PORT; node: required
@@ -25,7 +26,7 @@
 #   GPUS_PER_PROCESS=1 launch/multihost.sh local 8 --config configs/scm_cub.py --workdir runs/scm
 #   # on every host (host 0 at 10.0.0.2):
 #   COORDINATOR=10.0.0.2:12355 NUM_PROCESSES=4 PROCESS_ID=$RANK \
-#     launch/multihost.sh node --config configs/scm_ilsvrc.py --workdir /shared/runs/scm_ilsvrc
+#     launch/multihost.sh node --config configs/scm_ilsvrc.py --workdir gs://bucket/runs/scm_ilsvrc
 #   # Slurm, one task per node:
 #   srun --ntasks-per-node=1 launch/multihost.sh node --config ... --workdir /shared/runs/x
 set -euo pipefail

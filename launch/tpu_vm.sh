@@ -23,11 +23,16 @@
 #   PYTHON_VERSION    [3.11]  Python of the workers' virtual environment (JAX needs >= 3.11)
 #   CONFIG            [configs/scm_synthetic.py]  config[:variants], relative to the repo
 #   RUN_NAME          [basename of CONFIG without .py]
-#   BUCKET            [empty]  gs://bucket mounted with gcsfuse at MOUNT on every worker
+#   BUCKET            [empty]  gs://bucket for the workdir: the trainer writes to
+#                     $BUCKET/runs/$RUN_NAME directly (etils epath + gcsfs; Orbax's arrays
+#                     with TensorStore's GCS driver)
+#   GCSFUSE           [0]  1 = instead mount BUCKET with gcsfuse at MOUNT on every worker and
+#                     use $MOUNT/runs/$RUN_NAME (a filesystem path)
 #   MOUNT             [/mnt/wsol]
-#   WORKDIR           [$MOUNT/runs/$RUN_NAME with BUCKET, else runs/$RUN_NAME in the repo
-#                     directory of each worker]; a filesystem path: the trainer does not
-#                     accept gs:// URLs. Multi-host slices need a path every worker shares.
+#   WORKDIR           [$BUCKET/runs/$RUN_NAME with BUCKET ($MOUNT/runs/$RUN_NAME with
+#                     GCSFUSE=1), else runs/$RUN_NAME in the repo directory of each worker]:
+#                     a gs:// URL or a filesystem path. Multi-host slices need one that every
+#                     worker shares (a gs:// URL, or a shared mount).
 #   DETACH            [0]  1 = run the trainer under nohup (log: ~/wsol_train.log on each worker)
 set -euo pipefail
 
@@ -44,15 +49,20 @@ PYTHON_VERSION="${PYTHON_VERSION:-3.11}"
 CONFIG="${CONFIG:-configs/scm_synthetic.py}"
 RUN_NAME="${RUN_NAME:-$(basename "${CONFIG%%:*}" .py)}"
 BUCKET="${BUCKET:-}"
+BUCKET="${BUCKET%/}"
+GCSFUSE="${GCSFUSE:-0}"
 MOUNT="${MOUNT:-/mnt/wsol}"
 DETACH="${DETACH:-0}"
-if [[ -n "$BUCKET" ]]; then
+if [[ -n "$BUCKET" && "$GCSFUSE" == 1 ]]; then
   WORKDIR="${WORKDIR:-$MOUNT/runs/$RUN_NAME}"
+elif [[ -n "$BUCKET" ]]; then
+  WORKDIR="${WORKDIR:-$BUCKET/runs/$RUN_NAME}"
 else
   WORKDIR="${WORKDIR:-runs/$RUN_NAME}"  # relative to the repo directory on each worker
 fi
-case "$WORKDIR" in
-  gs://*) echo "WORKDIR must be a filesystem path (set BUCKET to mount a bucket)" >&2; exit 2 ;;
+case "$BUCKET" in
+  ""|gs://*) ;;
+  *) echo "BUCKET must be a gs:// URL, got $BUCKET" >&2; exit 2 ;;
 esac
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -108,12 +118,12 @@ install() {
     python3 -m pip install --user --quiet uv
     \$HOME/.local/bin/uv venv --seed --allow-existing --python $PYTHON_VERSION $venv
     cd \$HOME/$REMOTE_DIR
-    $venv/bin/python -m pip install --quiet -e . 'jax[tpu]'
+    $venv/bin/python -m pip install --quiet -e '.[gcs]' 'jax[tpu]'
     $venv/bin/python -c 'import jax; print(jax.process_index(), jax.device_count(), jax.devices()[0].platform)'"
 }
 
-mount_bucket() {
-  [[ -n "$BUCKET" ]] || return 0
+mount_bucket() {  # only with GCSFUSE=1: a gs:// workdir needs no mount
+  [[ -n "$BUCKET" && "$GCSFUSE" == 1 ]] || return 0
   local name="${BUCKET#gs://}"
   name="${name%%/*}"
   # gcsfuse from Google's apt repository; --rename-dir-limit lets Orbax and the exporter
@@ -144,7 +154,10 @@ train() {
   if [[ "${workers:-1}" -gt 1 ]]; then
     # Multi-host slice: start JAX's distributed runtime first (arguments auto-detected).
     # See launch/README.md for what runs across processes and the limits that remain.
-    [[ -n "$BUCKET" ]] || echo "warning: $workers workers but no BUCKET: WORKDIR=$WORKDIR must be shared" >&2
+    case "$WORKDIR" in
+      gs://*) ;;
+      *) [[ "$GCSFUSE" == 1 ]] || echo "warning: $workers workers and WORKDIR=$WORKDIR: it must be a path every worker shares (or set BUCKET)" >&2 ;;
+    esac
     cmd="$venv/bin/python launch/distributed_train.py --config $(printf '%q' "$CONFIG") --workdir $(printf '%q' "$WORKDIR") $overrides"
   fi
   if [[ "$DETACH" == 1 ]]; then

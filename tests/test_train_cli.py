@@ -77,14 +77,14 @@ def test_unknown_arguments_and_missing_config_file(tmp_path, capsys):
   assert "not found" in capsys.readouterr().err
 
 
-def test_a_url_workdir_fails_before_compute(tmp_path, capsys, monkeypatch):
-  monkeypatch.chdir(tmp_path)  # a URL taken as a path would create ./gs:/bucket/run here
+def test_a_url_workdir_of_another_scheme_fails_before_compute(tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # a URL taken as a path would create ./s3:/bucket/run here
   config = str(CONFIGS[0].parent / "scm_synthetic.py")
-  code = train_cli.main(["--config", config, "--workdir", "gs://bucket/run"])
+  code = train_cli.main(["--config", config, "--workdir", "s3://bucket/run"])
   err = capsys.readouterr().err
-  assert code == 2 and "--workdir gs://bucket/run" in err and "gcsfuse" in err
+  assert code == 2 and "--workdir s3://bucket/run: s3:// URLs are not supported" in err
   assert not list(tmp_path.iterdir())
-  assert config_lib.local_dir("runs/x", "--workdir") == tmp_path / "runs/x"
+  assert config_lib.dir_path("runs/x", "--workdir") == tmp_path / "runs/x"
 
 
 def test_a_bad_cpu_tuning_value_fails_before_compute(tmp_path, capsys):

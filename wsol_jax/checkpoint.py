@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import json
 import logging
-import pathlib
+import os
 import time
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from wsol_jax import files
 
 log = logging.getLogger("wsol_jax.checkpoint")
 UNRESTORABLE = "unrestorable"
@@ -44,8 +47,8 @@ def cause(error: BaseException) -> str:
 class Checkpointer:
   """Latest/best checkpoints of one training run."""
 
-  def __init__(self, workdir: str | pathlib.Path, keep: int = 3, select_mode: str = "max"):
-    self.workdir = pathlib.Path(workdir).absolute()
+  def __init__(self, workdir: str | os.PathLike, keep: int = 3, select_mode: str = "max"):
+    self.workdir = files.as_path(workdir)
     self.latest = self._open("checkpoints", ocp.CheckpointManagerOptions(
         max_to_keep=max(int(keep), 1), create=True, cleanup_tmp_directories=True),
         ("state", "data"))
@@ -99,7 +102,7 @@ class Checkpointer:
       try:
         return self.restore(abstract_state, data_iterator, step), step
       except Exception as e:  # noqa: BLE001 (Orbax and TensorStore raise many types)
-        path = pathlib.Path(self.latest.directory) / str(step)
+        path = self.workdir / "checkpoints" / str(step)
         aside = self.set_aside(self.latest, "checkpoints", step)
         log.warning("checkpoint %s cannot be restored (%s); moved to %s, trying the previous "
                     "one", path, cause(e), aside)
@@ -109,14 +112,14 @@ class Checkpointer:
                             f"{self.workdir / UNRESTORABLE}):\n  " + "\n  ".join(failures))
     return None
 
-  def set_aside(self, manager: ocp.CheckpointManager, kind: str, step: int) -> pathlib.Path:
+  def set_aside(self, manager: ocp.CheckpointManager, kind: str, step: int) -> epath.Path:
     """Moves ``WORKDIR/<kind>/<step>`` aside (``_move_aside``) and reloads the manager's
     list of steps."""
     target = self._move_aside(kind, step)
     manager.reload()
     return target
 
-  def _move_aside(self, kind: str, step: int) -> pathlib.Path:
+  def _move_aside(self, kind: str, step: int) -> epath.Path:
     """Moves ``WORKDIR/<kind>/<step>`` to ``WORKDIR/unrestorable/<kind>/<step>[-<time>]``
     (process 0; every process waits for it); returns the new path."""
     source = self.workdir / kind / str(step)
@@ -125,7 +128,7 @@ class Checkpointer:
       target = target.with_name(f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
     if jax.process_index() == 0 and source.exists():
       target.parent.mkdir(parents=True, exist_ok=True)
-      source.rename(target)
+      files.move_tree(source, target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f"wsol_jax_set_aside_{kind}_{step}")
@@ -190,7 +193,7 @@ class Checkpointer:
     return out["variables"], step
 
   def _best_unrestorable(self, step: int, error: BaseException) -> None:
-    path = pathlib.Path(self.best.directory) / str(step)
+    path = self.workdir / "best" / str(step)
     aside = self.set_aside(self.best, "best", step)
     log.warning("best checkpoint %s cannot be restored (%s); moved to %s, selection starts "
                 "again", path, cause(error), aside)
@@ -205,7 +208,7 @@ class Checkpointer:
     self.best.close()
 
 
-def _bad_json(step_dir: pathlib.Path) -> str | None:
+def _bad_json(step_dir: epath.Path) -> str | None:
   """Why a JSON file of a step's metadata or metrics does not parse (None when all do)."""
   for path in (step_dir / "_CHECKPOINT_METADATA", step_dir / "metrics" / "metrics"):
     if path.is_file():
@@ -217,7 +220,7 @@ def _bad_json(step_dir: pathlib.Path) -> str | None:
 
 
 def _has_item(manager: ocp.CheckpointManager, step: int, item: str) -> bool:
-  return (pathlib.Path(manager.directory) / str(step) / item).exists()
+  return (epath.Path(manager.directory) / str(step) / item).exists()
 
 
 def _encode_iterator_state(state: Any) -> Any:
@@ -265,13 +268,10 @@ def to_numpy_tree(tree: Any) -> Any:
   return jax.tree_util.tree_map(np.asarray, tree)
 
 
-def write_json(path: pathlib.Path, obj: Any) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-  tmp.replace(path)
+write_json = files.write_json
 
 
-def load_variables(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
+def load_variables(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
   """Variables to evaluate from a model directory or a training workdir.
 
   Accepts (in this order) a model directory (``wsol_model.json``: ``weights_convert``
@@ -280,7 +280,7 @@ def load_variables(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, 
   Returns ``(variables, meta or None, description)``.
   """
   from wsol_jax.models import pretrained
-  path = pathlib.Path(path).absolute()
+  path = files.as_path(path)
   manager_dir = path / "checkpoints"
   for candidate in (path, path / "export"):
     if (candidate / pretrained.META_FILE).is_file():

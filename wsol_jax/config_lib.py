@@ -11,14 +11,17 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import os
 import pathlib
-import re
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import ml_collections
 
 from wsol_jax.data import config as data_config
+
+if TYPE_CHECKING:
+  from etils import epath
 
 FREE_FORM = ("model.kwargs", "optimizer.lr_multipliers")
 
@@ -117,17 +120,14 @@ class ConfigError(ValueError):
   """A config key or value is invalid (raised before any compute)."""
 
 
-def local_dir(value: str | pathlib.Path, flag: str) -> pathlib.Path:
-  """``value`` as an absolute filesystem path; a URL such as ``gs://bucket/run`` is a
-  ``ConfigError`` naming ``flag`` (it would otherwise become a local directory ``gs:``)."""
-  text = str(value)
-  scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", text)
-  if scheme:
-    raise ConfigError(
-        f"{flag} {text}: {scheme.group(1)}:// URLs are not supported; give a filesystem path "
-        "(every process of a multi-host run must see the same one: NFS, Filestore, or a bucket "
-        "mounted with gcsfuse, see launch/README.md)")
-  return pathlib.Path(text).absolute()
+def dir_path(value: str | os.PathLike, flag: str) -> "epath.Path":
+  """``value`` as a directory path (``wsol_jax.files.as_path``): a ``gs://`` URL, or an
+  absolute filesystem path; another URL scheme is a ``ConfigError`` naming ``flag``."""
+  from wsol_jax import files
+  try:
+    return files.as_path(value)
+  except files.UnsupportedPathError as e:
+    raise ConfigError(f"{flag} {value}: {e}") from None
 
 
 def _paths(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:

@@ -3,7 +3,7 @@
   python -m wsol_jax.evaluate --config configs/scm_cub.py --checkpoint runs/scm_cub [--split test]
       [--workdir DIR] [--config.eval.map_kind=rollout ...]
 
-DIR is a trainer workdir (its ``export/`` or latest checkpoint), a trainer export, or a
+DIR (a path or a ``gs://`` URL, as ``--workdir``) is a trainer workdir (its ``export/`` or latest checkpoint), a trainer export, or a
 model directory written by ``weights_convert`` (e.g. a released SCM checkpoint imported
 with ``--method scm``). Runs the method's maps and every metric over the split with a
 progress bar, prints a summary next to the center-Gaussian baseline, and writes
@@ -31,8 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(f"unrecognized arguments {bad}")
   try:
     config = config_lib.load(args.config, [r[len("--config."):] for r in rest])
-    checkpoint_dir = config_lib.local_dir(args.checkpoint, "--checkpoint")
-    workdir = (config_lib.local_dir(args.workdir, "--workdir") if args.workdir
+    checkpoint_dir = config_lib.dir_path(args.checkpoint, "--checkpoint")
+    workdir = (config_lib.dir_path(args.workdir, "--workdir") if args.workdir
                else checkpoint_dir / f"eval_{args.split}")
     from wsol_jax import cpu
     runtime = cpu.install(config)  # before anything starts JAX's backend

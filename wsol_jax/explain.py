@@ -4,7 +4,7 @@
         [--target CLASS] [--batch-size N] [--threshold 0.2] [--cpu-tuning auto]
 
 DIR is a model directory (``wsol_model.json`` + ``variables/``, written by
-``weights_convert`` or the trainer). ``--kind`` is a map kind of ``wsol_jax.maps.KINDS``
+``weights_convert`` or the trainer). DIR, OUT and the images may be ``gs://`` URLs. ``--kind`` is a map kind of ``wsol_jax.maps.KINDS``
 (``--method`` is an alias); the default is the first map kind of the directory's method,
 else the model family's (``maps.compute.default_kind``). Images are read with PIL (-> RGB), resized to the
 model's input size (PIL bilinear, as the official test transforms) and normalised with
@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
+import os
 import pathlib
 import sys
 from typing import Any, Callable, Iterator, Sequence, TextIO
@@ -35,7 +37,7 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from wsol_jax import viz
+from wsol_jax import files, viz
 from wsol_jax.maps import postprocess
 # Names from the submodule: the package binds ``compute`` to the function.
 from wsol_jax.maps.compute import KINDS, default_kind, jitted, upsample_method
@@ -73,7 +75,7 @@ def kind_for(meta: dict[str, Any], model: Any) -> str:
   return default_kind(model)
 
 
-def build_explainer(model_dir: str | pathlib.Path, kind: str | None = None,
+def build_explainer(model_dir: str | os.PathLike, kind: str | None = None,
                     runtime: Runtime | None = None) -> Explainer:
   """Loads a model directory and compiles ``kind``'s maps (uint8 NHWC in, raw maps out).
 
@@ -98,9 +100,10 @@ def build_explainer(model_dir: str | pathlib.Path, kind: str | None = None,
   return Explainer(meta, variables, kind, size, fn)
 
 
-def load_image(path: str | pathlib.Path, size: int) -> tuple[np.ndarray, np.ndarray]:
-  """``(original (H, W, 3), resized (size, size, 3))`` uint8 RGB; raises OSError/ValueError."""
-  with Image.open(path) as img:
+def load_image(path: str | os.PathLike, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """``(original (H, W, 3), resized (size, size, 3))`` uint8 RGB of an image file (a path
+  or a ``gs://`` URL); raises OSError/ValueError."""
+  with files.as_path(path).open("rb") as f, Image.open(f) as img:
     rgb = img.convert("RGB")
   return np.asarray(rgb), np.asarray(rgb.resize((size, size), Image.BILINEAR))
 
@@ -150,15 +153,15 @@ def _submit(explainer: Explainer, batch: list[LoadedImage], batch_size: int,
 
 
 def _write(explainer: Explainer, batch: list[LoadedImage], raw: jax.Array, logits: jax.Array,
-           out_dir: pathlib.Path, target: int | None, threshold: float) -> list[dict[str, Any]]:
+           out_dir: os.PathLike, target: int | None, threshold: float) -> list[dict[str, Any]]:
   raw = np.asarray(raw)
   predicted = np.argmax(np.asarray(logits), axis=-1)
   method = upsample_method(explainer.kind)
   rows = []
   for i, im in enumerate(batch):
-    np.save(out_dir / f"{im.name}.npy", raw[i].astype(np.float32))
+    files.save_npy(out_dir / f"{im.name}.npy", raw[i].astype(np.float32))
     picture, _, box = viz.overlay(im.original, raw[i], method, threshold)
-    Image.fromarray(picture).save(out_dir / f"{im.name}.png")
+    files.save_png(out_dir / f"{im.name}.png", picture)
     h, w = im.original.shape[:2]
     rows.append(dict(zip(SUMMARY_FIELDS, (im.name, im.path, w, h,
                                           int(predicted[i]) if target is None else target,
@@ -166,7 +169,7 @@ def _write(explainer: Explainer, batch: list[LoadedImage], raw: jax.Array, logit
   return rows
 
 
-def explain(explainer: Explainer, paths: Sequence[str], out_dir: str | pathlib.Path, *,
+def explain(explainer: Explainer, paths: Sequence[str], out_dir: str | os.PathLike, *,
             target: int | None = None, batch_size: int = 16, threshold: float = 0.2,
             err: TextIO | None = None) -> int:
   """Writes maps, overlays and ``summary.csv`` for ``paths``; returns the number explained.
@@ -177,7 +180,7 @@ def explain(explainer: Explainer, paths: Sequence[str], out_dir: str | pathlib.P
   num_classes = int(explainer.meta["num_classes"])
   if target is not None and not 0 <= target < num_classes:
     raise ValueError(f"--target {target} is not a class of this model (0..{num_classes - 1})")
-  out_dir = pathlib.Path(out_dir)
+  out_dir = files.as_path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   batch_size = max(1, min(batch_size, len(paths)))
   rows: list[dict[str, Any]] = []
@@ -192,10 +195,11 @@ def explain(explainer: Explainer, paths: Sequence[str], out_dir: str | pathlib.P
     if pending is not None:
       rows += _write(explainer, *pending, out_dir, target, threshold)
       progress.update(len(pending[0]))
-  with open(out_dir / "summary.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
+  table = io.StringIO(newline="")
+  writer = csv.DictWriter(table, fieldnames=SUMMARY_FIELDS)
+  writer.writeheader()
+  writer.writerows(rows)
+  files.write_text(out_dir / "summary.csv", table.getvalue())
   return len(rows)
 
 

@@ -4,17 +4,44 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pathlib
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any, Mapping, Sequence
 
 import jax
 
+from wsol_jax import files
+
 log = logging.getLogger("wsol_jax")
 
 
-def setup_logging(workdir: pathlib.Path | None = None) -> None:
+class WorkdirLogHandler(logging.StreamHandler):
+  """Log records appended to a file of a workdir on object storage (``files.Appender``:
+  uploaded at most every ``files.UPLOAD_EVERY_S`` seconds, on ``flush_logs()`` and when
+  closed, e.g. by ``logging.shutdown`` at exit). Local workdirs use ``logging.FileHandler``."""
+
+  def __init__(self, path):
+    super().__init__(files.Appender(path))
+
+  def flush(self, force: bool = False) -> None:
+    with self.lock:
+      self.stream.flush(force)
+
+  def close(self) -> None:
+    with self.lock:
+      self.stream.close()
+    super().close()
+
+
+def _file_handlers() -> list[logging.Handler]:
+  """The handlers of ``wsol_jax``'s logger that write to a workdir."""
+  return [h for h in logging.getLogger("wsol_jax").handlers
+          if isinstance(h, (logging.FileHandler, WorkdirLogHandler))]
+
+
+def setup_logging(workdir: os.PathLike | None = None) -> None:
   """Logs INFO to stderr and, with a workdir, to ``workdir/train.log`` (``train.<p>.log``
   for process p > 0 of a multi-process run)."""
   root = logging.getLogger("wsol_jax")
@@ -25,31 +52,52 @@ def setup_logging(workdir: pathlib.Path | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(fmt)
     root.addHandler(handler)
-  for old in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+  for old in _file_handlers():
     root.removeHandler(old)  # another run of this process: its own train.log
     old.close()
   if workdir is not None:
     p = jax.process_index()
-    fh = logging.FileHandler(pathlib.Path(workdir) / ("train.log" if p == 0 else f"train.{p}.log"))
+    path = files.as_path(workdir) / ("train.log" if p == 0 else f"train.{p}.log")
+    fh = logging.FileHandler(path) if files.is_local(path) else WorkdirLogHandler(path)
     fh.setFormatter(fmt)
     root.addHandler(fh)
 
 
-class MetricWriter:
-  """Appends metrics to ``workdir/metrics.jsonl``; mirrors them to TensorBoard if available."""
+def flush_logs() -> None:
+  """Brings the workdir's log file up to date (on object storage: uploads it now)."""
+  for handler in _file_handlers():
+    if isinstance(handler, WorkdirLogHandler):
+      handler.flush(force=True)
+    else:
+      handler.flush()
 
-  def __init__(self, workdir: pathlib.Path):
-    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+
+class MetricWriter:
+  """Appends metrics to ``workdir/metrics.jsonl``; mirrors them to TensorBoard if available.
+
+  On object storage the rows reach ``metrics.jsonl`` as ``files.Appender`` uploads them (at
+  most every ``files.UPLOAD_EVERY_S`` seconds, on ``flush()`` and on ``close()``), and the
+  TensorBoard event files are written to a local temporary directory and copied to
+  ``workdir/tensorboard`` by ``flush()`` and ``close()``.
+  """
+
+  def __init__(self, workdir: os.PathLike):
+    self.workdir = files.as_path(workdir)
+    self.path = self.workdir / "metrics.jsonl"
     self._tb = None
+    self._tb_local = None  # the local directory of the event files of a remote workdir
     if jax.process_index() != 0:  # multi-process runs: process 0 writes for all
       self._file = open(os.devnull, "w")
       return
-    self._file = self.path.open("a")
+    self._file = files.Appender(self.path)
     try:
       from tensorboardX import SummaryWriter  # optional
-      self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
     except ImportError:
-      pass
+      return
+    tb_dir = self.workdir / "tensorboard"
+    if not files.is_local(tb_dir):
+      self._tb_local = tempfile.mkdtemp(prefix="wsol_jax_tensorboard-")
+    self._tb = SummaryWriter(self._tb_local or str(tb_dir))
 
   def supersede_after(self, step: int) -> int:
     """A resume at ``step`` re-runs the steps after it: their rows (train and eval) move
@@ -66,13 +114,20 @@ class MetricWriter:
         later = False  # not ours to judge: keep the line as it is
       (moved if later else keep).append(line)
     if moved:
-      with open(self.path.with_name("metrics.superseded.jsonl"), "a") as f:
-        f.write("".join(line + "\n" for line in moved))
-      tmp = self.path.with_suffix(".jsonl.tmp")
-      tmp.write_text("".join(line + "\n" for line in keep))
-      tmp.replace(self.path)
-    self._file = self.path.open("a")
+      files.append_text(self.path.with_name("metrics.superseded.jsonl"),
+                        "".join(line + "\n" for line in moved))
+      files.write_text(self.path, "".join(line + "\n" for line in keep))
+    self._file = files.Appender(self.path)
     return len(moved)
+
+  def flush(self) -> None:
+    """Brings ``metrics.jsonl`` (and TensorBoard's files) in the workdir up to date."""
+    if isinstance(self._file, files.Appender):
+      self._file.flush(force=True)
+    if self._tb is not None:
+      self._tb.flush()
+      if self._tb_local is not None:
+        files.upload_tree(self._tb_local, self.workdir / "tensorboard")
 
   def _write(self, row: Mapping[str, Any]) -> None:
     self._file.write(json.dumps(row, sort_keys=True) + "\n")
@@ -99,15 +154,19 @@ class MetricWriter:
       self._file.close()
     if self._tb is not None:
       self._tb.close()
+      if self._tb_local is not None:
+        files.upload_tree(self._tb_local, self.workdir / "tensorboard")
+        shutil.rmtree(self._tb_local, ignore_errors=True)
+      self._tb = None
 
 
 def record_error(message: str) -> None:
   """Writes ``message`` as an ERROR line to ``train.log`` (the file handlers only: the CLI
   prints it on the console itself)."""
   record = logging.LogRecord("wsol_jax.train", logging.ERROR, __file__, 0, message, None, None)
-  for handler in logging.getLogger("wsol_jax").handlers:
-    if isinstance(handler, logging.FileHandler):
-      handler.handle(record)
+  for handler in _file_handlers():
+    handler.handle(record)
+  flush_logs()
 
 
 class Progress:

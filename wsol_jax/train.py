@@ -25,7 +25,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
   parser = argparse.ArgumentParser(prog="python -m wsol_jax.train", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="configs/<method>_<dataset>.py[:arg]")
-  parser.add_argument("--workdir", required=True, help="checkpoints, metrics and results go here")
+  parser.add_argument("--workdir", required=True, help="checkpoints, metrics and results go "
+                      "here: a directory or a gs:// URL")
   args, rest = parser.parse_known_args(argv)
   overrides = []
   for item in rest:
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args, overrides = parse_args(argv)
   try:
     config = config_lib.load(args.config, overrides)
-    workdir = config_lib.local_dir(args.workdir, "--workdir")
+    workdir = config_lib.dir_path(args.workdir, "--workdir")
     from wsol_jax import cpu
     runtime = cpu.install(config)  # before anything starts JAX's backend
   except config_lib.ConfigError as e:

@@ -24,8 +24,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import pathlib
+import os
+import shutil
 import signal
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -38,7 +40,7 @@ import optax
 from wsol_jax import checkpoint as ckpt_lib
 from wsol_jax import data as data_lib
 from wsol_jax import methods as methods_lib
-from wsol_jax import config_lib, optim, reporting, sharding
+from wsol_jax import config_lib, files, optim, reporting, sharding
 from wsol_jax.data import config as data_config
 from wsol_jax.maps import postprocess
 from wsol_jax.models import pretrained as pretrained_lib
@@ -136,24 +138,36 @@ class _Preemption:
 
 
 class _Profiler:
-  """A ``jax.profiler`` trace of steps ``start+1 .. start+num`` (``config.profile``)."""
+  """A ``jax.profiler`` trace of steps ``start+1 .. start+num`` (``config.profile``); for a
+  workdir on object storage the trace is written locally, then copied there."""
 
-  def __init__(self, directory: pathlib.Path, start: int, num: int):
+  def __init__(self, directory: os.PathLike, start: int, num: int):
     self.directory, self.start, self.stop = directory, start, start + num if num > 0 else -1
     self.active = False
+    self._local = None
 
   def before(self, step: int) -> None:
     """Called before running step ``step + 1``; starts the trace at ``start``."""
     if step == self.start and self.stop > step and not self.active:
-      jax.profiler.start_trace(str(self.directory))
+      if not files.is_local(self.directory):
+        self._local = tempfile.mkdtemp(prefix="wsol_jax_profile-")
+      jax.profiler.start_trace(self._local or str(self.directory))
       self.active = True
+
+  def end(self) -> None:
+    """Stops the trace (copying a local one to the workdir)."""
+    jax.profiler.stop_trace()
+    self.active = False
+    if self._local is not None:
+      files.upload_tree(self._local, self.directory)
+      shutil.rmtree(self._local, ignore_errors=True)
+      self._local = None
 
   def after(self, step: int, metrics: Any) -> None:
     """Called after dispatching step ``step``; ends the trace after its last step."""
     if self.active and step >= self.stop:
       jax.block_until_ready(metrics)  # the traced steps' device work, in full
-      jax.profiler.stop_trace()
-      self.active = False
+      self.end()
       log.info("profile of steps %d-%d written to %s", self.start + 1, self.stop, self.directory)
 
 
@@ -204,7 +218,7 @@ class ResumeConfigError(config_lib.ConfigError):
   what the restored state means."""
 
 
-def _check_resume_config(workdir: pathlib.Path, config: dict[str, Any]
+def _check_resume_config(workdir: os.PathLike, config: dict[str, Any]
                          ) -> dict[str, tuple[Any, Any]]:
   """When ``workdir`` holds a run to resume, the differences of ``config`` from its stored
   ``config.json``; changes outside ``config_lib.RESUMABLE`` raise ``ResumeConfigError``
@@ -230,7 +244,7 @@ def _check_resume_config(workdir: pathlib.Path, config: dict[str, Any]
   return {}
 
 
-def _record_config(workdir: pathlib.Path, config: dict[str, Any], ran: dict[str, Any],
+def _record_config(workdir: os.PathLike, config: dict[str, Any], ran: dict[str, Any],
                    changes: dict[str, tuple[Any, Any]]) -> None:
   """Writes ``config.json`` (the config and what ran); a resume's allowed changes are logged
   and appended to ``config_history.jsonl``."""
@@ -240,14 +254,13 @@ def _record_config(workdir: pathlib.Path, config: dict[str, Any], ran: dict[str,
   if jax.process_index() != 0:
     return
   if changes:
-    with open(workdir / "config_history.jsonl", "a") as f:
-      f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                          "changes": {k: {"from": a, "to": b}
-                                      for k, (a, b) in changes.items()}}) + "\n")
+    files.append_text(workdir / "config_history.jsonl", json.dumps(
+        {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+         "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}}) + "\n")
   ckpt_lib.write_json(workdir / "config.json", {**config, "runtime": ran})
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                        runtime: Runtime | None = None) -> dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the results.
 
@@ -255,7 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   plain XLA.
   """
   runtime = runtime if runtime is not None else Runtime()
-  workdir = config_lib.local_dir(workdir, "workdir")
+  workdir = config_lib.dir_path(workdir, "workdir")  # a path or a gs:// URL
   if workdir.exists() and not workdir.is_dir():
     raise config_lib.ConfigError(f"--workdir {workdir} is a file, not a directory")
   mesh = sharding.mesh_from_config(config.mesh)
@@ -363,6 +376,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           progress.update(step, rows[-1])
         if boundary:
           checkpointer.save(step, state, train_iter, wait=preemption.requested)
+          writer.flush()  # the rows of the saved steps reach the workdir with the checkpoint
         if preemption.requested:
           checkpointer.wait()
           log.warning("SIGTERM: saved the checkpoint of step %d; re-run the same command to "
@@ -381,10 +395,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     return _finish(method, config, checkpointer, writer, state, step, mesh, workdir, ran)
   finally:
     if profiler.active:  # the run ended inside the traced steps
-      jax.profiler.stop_trace()
+      profiler.end()
     progress.close()
     checkpointer.close()
     writer.close()
+    reporting.flush_logs()
 
 
 def _select(selector, checkpointer, writer, state, step, config) -> None:

@@ -39,13 +39,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import pathlib
+import os
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from wsol_jax import data as data_lib
 from wsol_jax import sharding
@@ -357,7 +358,7 @@ class LocalizationEvaluator:
     yield "gt_known", float(correct1.max() * 100.0 / n)
 
   def write_overlays(self, variables: Any, per_image: PerImageIoU | None,
-                     out_dir: pathlib.Path, count: int) -> list[pathlib.Path]:
+                     out_dir: os.PathLike, count: int) -> list[epath.Path]:
     """Overlay PNGs of the best and worst images of a pass, for a person to look at.
 
     Images are ranked by their V2 IoU in ``per_image`` (``evaluate(...).per_image``) at the
@@ -366,9 +367,7 @@ class LocalizationEvaluator:
     """
     if count <= 0 or per_image is None or len(per_image) == 0:
       return []
-    from PIL import Image
-
-    from wsol_jax import viz
+    from wsol_jax import files, viz
     from wsol_jax.data import transforms
     k = per_image.optimal_index()
     threshold = float(per_image.thresholds[k])
@@ -376,7 +375,7 @@ class LocalizationEvaluator:
     order = np.argsort(ious, kind="stable")
     picks = ([("worst", r) for r in order[:count // 2]]
              + [("best", r) for r in order[::-1][:count - count // 2]])
-    out_dir = pathlib.Path(out_dir)
+    out_dir = files.as_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     source = self.iterator.source
     row_fn = transforms.EvalRow(self.map_size, self.iterator.info.max_boxes, False)
@@ -396,7 +395,7 @@ class LocalizationEvaluator:
                                color=(0, 0, 255))
       picture = viz.draw_boxes(picture, box[None], color=(0, 255, 0))
       path = out_dir / f"{tag}_{index:06d}_iou{ious[r]:.2f}.png"
-      Image.fromarray(picture).save(path)
+      files.save_png(path, picture)
       written.append(path)
     return written
 

@@ -6,8 +6,9 @@ Layout of a directory written by ``weights_convert`` (or exported by the trainer
                           mean/std, method, source (file, sha256, format)
     DIR/variables/        Orbax checkpoint of {'params': ..., ['batch_stats': ...]}
 
-Writes are atomic: everything goes to a sibling temporary directory that is
-renamed into place only when complete, so a failure never leaves a partial DIR.
+DIR may be a ``gs://`` URL (``wsol_jax.files``). Local writes are atomic: everything goes
+to a sibling temporary directory that is renamed into place only when complete, so a
+failure never leaves a partial DIR (on object storage, see ``save_pretrained``).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import traverse_util
 
 from wsol_jax.models import registry
@@ -31,33 +33,55 @@ VARIABLES_DIR = "variables"
 
 
 def save_pretrained(out_dir: str | os.PathLike, variables: dict[str, Any], meta: dict[str, Any],
-                    overwrite: bool = False) -> pathlib.Path:
-  """Writes ``variables`` and ``meta`` to ``out_dir`` atomically; returns the path."""
-  out = pathlib.Path(out_dir).absolute()
+                    overwrite: bool = False) -> epath.Path:
+  """Writes ``variables`` and ``meta`` to ``out_dir`` (a path or a ``gs://`` URL); returns
+  the path.
+
+  Locally the write is atomic (a sibling temporary directory renamed into place). Object
+  storage has no directory rename: the old ``wsol_model.json`` is deleted first and the new
+  one written last, so a directory left half-written by a failure is no model directory
+  (``read_meta`` refuses it; ``checkpoint.load_variables`` falls back to the checkpoints).
+  """
+  from wsol_jax import files
+  out = files.as_path(out_dir)
   if out.exists() and not overwrite:
     raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  _remove_stale_temporaries(out)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+  if not files.is_local(out):
+    if (out / META_FILE).exists():
+      (out / META_FILE).unlink()
+    if (out / VARIABLES_DIR).exists():
+      (out / VARIABLES_DIR).rmtree()
+    _save_variables(out / VARIABLES_DIR, variables)
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return out
+  local = pathlib.Path(out)
+  local.parent.mkdir(parents=True, exist_ok=True)
+  _remove_stale_temporaries(local)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{local.name}.tmp-{os.getpid()}-", dir=local.parent))
   try:
-    # Only this process writes (a multi-process trainer exports from process 0 alone).
-    me = jax.process_index()
-    ckptr = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
-        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"export{me}"))
-    ckptr.save(tmp / VARIABLES_DIR, jax.tree_util.tree_map(np.asarray, variables))
-    ckptr.wait_until_finished()
+    _save_variables(tmp / VARIABLES_DIR, variables)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    if out.exists():
-      old = out.with_name(f".{out.name}.old-{os.getpid()}")
-      os.replace(out, old)
-      os.replace(tmp, out)
+    if local.exists():
+      old = local.with_name(f".{local.name}.old-{os.getpid()}")
+      os.replace(local, old)
+      os.replace(tmp, local)
       shutil.rmtree(old, ignore_errors=True)
     else:
-      os.replace(tmp, out)
+      os.replace(tmp, local)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out
+
+
+def _save_variables(directory: os.PathLike, variables: dict[str, Any]) -> None:
+  """An Orbax checkpoint of ``variables`` written by this process alone (a multi-process
+  trainer exports from process 0)."""
+  me = jax.process_index()
+  ckptr = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"export{me}"))
+  ckptr.save(epath.Path(directory), jax.tree_util.tree_map(np.asarray, variables))
+  ckptr.wait_until_finished()
 
 
 def _remove_stale_temporaries(out: pathlib.Path) -> None:
@@ -77,7 +101,8 @@ def _remove_stale_temporaries(out: pathlib.Path) -> None:
 
 def read_meta(model_dir: str | os.PathLike) -> dict[str, Any]:
   """Reads ``wsol_model.json`` with a clear error when the directory is not a model."""
-  path = pathlib.Path(model_dir) / META_FILE
+  from wsol_jax import files
+  path = files.as_path(model_dir) / META_FILE
   if not path.is_file():
     raise FileNotFoundError(
         f"{model_dir} is not a wsol_jax model directory: {META_FILE} is missing "
@@ -91,7 +116,8 @@ def read_meta(model_dir: str | os.PathLike) -> dict[str, Any]:
 def load_pretrained(model_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
   """Returns ``(variables, meta)`` of a pretrained directory (numpy arrays)."""
   meta = read_meta(model_dir)
-  var_dir = pathlib.Path(model_dir).absolute() / VARIABLES_DIR
+  from wsol_jax import files
+  var_dir = files.as_path(model_dir) / VARIABLES_DIR
   if not var_dir.is_dir():
     raise FileNotFoundError(f"{var_dir} is missing: the model directory is incomplete")
   try:
