@@ -257,7 +257,7 @@ def test_evaluate_cli_on_the_export(trained):
                         f"--config.data.data_dir={root / 'tfds'}"]) == 0
   got = json.loads((out / "results.json").read_text())
   want = json.loads((workdir / "results.json").read_text())["test"]
-  assert got["test"]["maxboxacc_v2"] == pytest.approx(want["maxboxacc_v2"], abs=1e-6)
+  assert got["metrics"]["maxboxacc_v2"] == pytest.approx(want["maxboxacc_v2"], abs=1e-6)
 
 
 @pytest.mark.slow
