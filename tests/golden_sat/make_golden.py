@@ -1,7 +1,11 @@
 """Generates ``sat.npz``: outputs of the OFFICIAL SAT code (wpy1999/SAT) on a tiny random model.
 
-    PYTHONPATH=/path/to/timm-0.4.12:/path/to/torchvision-0.28 python tests/golden_sat/make_golden.py \
-        --repo /path/to/SAT.git --out tests/golden_sat/sat.npz
+    pip install --no-deps --target DEPS timm==0.4.12 torchvision==0.28.0   # beside torch 2.13 CPU
+    PYTHONPATH=DEPS python tests/golden_sat/make_golden.py --repo /path/to/SAT/.git \
+        --out tests/golden_sat/sat.npz
+
+(timm 0.4.12: the DeiT-era release whose ``timm.models.layers``/``registry`` layout the
+official imports name; the network uses only its ``trunc_normal_``, ``DropPath``, ``to_2tuple``.)
 
 A development tool (torch + timm), never imported by the package or its tests. The official
 ``Model/SAT.py`` and the ``utils`` files it imports are read with ``git show COMMIT:path`` from
