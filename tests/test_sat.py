@@ -87,10 +87,21 @@ def test_logits_and_map_match_the_official_model(gold, golden_variables, batch, 
                              atol=_tol(gold, "logits_eval") + 1e-7)
 
 
-def test_loss_terms_match_the_official_train_script(gold, golden_variables, batch):
+@pytest.fixture(scope="module")
+def train_step(golden_variables, batch):
+  """(method, loss, metrics, gradients) of one jitted value-and-grad of the SAT loss."""
   m = methods.get_method(golden_config())
-  loss, aux = jax.jit(m.loss)(golden_variables, batch, jax.random.key(0))
-  metrics = aux["metrics"]
+
+  def loss_fn(params):
+    return m.loss({"params": params}, batch, jax.random.key(0))
+
+  (loss, aux), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+      golden_variables["params"])
+  return m, loss, aux["metrics"], grads
+
+
+def test_loss_terms_match_the_official_train_script(gold, golden_variables, batch, train_step):
+  m, loss, metrics, _ = train_step
   for ours, theirs in [("loss_cls", "loss_cls"), ("loss_ba", "loss_ba"),
                        ("loss_norm", "loss_norm"), ("loss", "loss")]:
     np.testing.assert_allclose(metrics[ours], gold[theirs], rtol=0,
@@ -103,12 +114,10 @@ def test_loss_terms_match_the_official_train_script(gold, golden_variables, batc
   np.testing.assert_allclose(metrics["map_area"], np.mean(gold["ba"]), rtol=1e-6)
 
 
-def test_gradients_of_every_parameter_match_the_official_backward(gold, golden_variables, batch):
+def test_gradients_of_every_parameter_match_the_official_backward(gold, train_step):
   """d loss / d θ for every trainable tensor — the new loc_token/loc_embed and the head
   included — against PyTorch's autograd of the official loss."""
-  m = methods.get_method(golden_config())
-  grads = jax.jit(jax.grad(lambda p: m.loss({"params": p}, batch, jax.random.key(0))[0]))(
-      golden_variables["params"])
+  grads = train_step[3]
   flat = {"/".join(("params",) + k): np.asarray(v)
           for k, v in traverse_util.flatten_dict(grads).items()}
   compared = set()
