@@ -130,6 +130,22 @@ def test_gradients_of_every_parameter_match_the_official_backward(gold, train_st
   assert np.abs(flat["params/loc_token"]).max() > 1e-3  # the spatial token is trained
 
 
+def test_a_released_checkpoint_converts_through_the_cli(tmp_path, gold, golden_variables):
+  """The official training script's file: ``{'model': DataParallel state dict, 'best_thr',
+  'epoch'}``, with the fixed Gaussian buffer ``weight`` (skipped)."""
+  torch = pytest.importorskip("torch")
+  from weights_convert import timm as convert_cli
+  state = {"module." + k[2:]: torch.from_numpy(gold[k]) for k in gold.files if k.startswith("w/")}
+  path = tmp_path / "best_loc.pth.tar"
+  torch.save({"model": state, "best_thr": 0.4, "epoch": 30}, path)
+  sets = [a for k, v in GOLDEN_KWARGS.items() for a in ("--set", f"{k}={v}")]
+  assert convert_cli.main(["--model", "deit_tiny_patch16_224", "--method", "sat", "--checkpoint",
+                           str(path), "--out", str(tmp_path / "out"), *sets]) == 0
+  variables, meta = load_pretrained(tmp_path / "out")
+  assert meta["method"] == "sat" and meta["family"] == "sat"
+  jax.tree_util.tree_map(np.testing.assert_array_equal, variables, golden_variables)
+
+
 def test_gaussian_kernel_is_the_official_buffer(gold):
   np.testing.assert_allclose(sat_model.gaussian_kernel(3, 6.0), gold["w/weight"][0, 0], rtol=1e-6)
   k = sat_model.gaussian_kernel(5, 1.0)
