@@ -209,10 +209,11 @@ def test_param_labels_and_fresh_init():
   c = golden_config(layers=1)
   c.model.kwargs = dict(GOLDEN_KWARGS, depth=2)
   m = methods.get_method(c)
-  params = m.init_fresh(jax.random.key(0))["params"]
+  params = jax.jit(m.init_fresh)(jax.random.key(0))["params"]
   labels = m.param_labels(params)
   assert labels["loc_token"] == labels["loc_embed"] == labels["cls_token"] == "no_decay"
-  assert labels["head"]["kernel"] == "decay" and labels["blocks_1"]["attn"]["qkv"]["bias"] == "no_decay"
+  assert labels["head"]["kernel"] == "decay"
+  assert labels["blocks_1"]["attn"]["qkv"]["bias"] == "no_decay"
   assert params["loc_token"].shape == params["loc_embed"].shape == (1, 1, 16)
   # trunc-normal(0.02) as the official init (not zeros, not timm's 1e-6 class token)
   assert 0.005 < float(jnp.std(params["loc_embed"])) < 0.05
@@ -244,7 +245,8 @@ def test_official_recipes(spec, lr, epochs, batch, area, select):
   c = config_lib.load(str(ROOT / "configs" / spec))
   assert (c.method, c.model.name, c.seed) == ("sat", "deit_small_patch16_224", 6)
   assert (c.optimizer.name, c.optimizer.lr, c.optimizer.weight_decay) == ("adamw", lr, 0.05)
-  assert (c.schedule.name, c.training.num_epochs, c.training.batch_size) == ("constant", epochs, batch)
+  assert (c.schedule.name, c.training.num_epochs) == ("constant", epochs)
+  assert c.training.batch_size == batch
   assert (c.sat.area_thr, c.sat.layers, c.eval.select_split) == (area, 3, select)
   assert (c.data.image_size, c.data.resize_size) == (224, 256)
   m = methods.method_class(c.method)
@@ -266,7 +268,8 @@ def trained(tmp_path_factory):
 def test_training_through_the_cli(trained):
   _, workdir = trained
   results = json.loads((workdir / "results.json").read_text())
-  assert 0 <= results["test"]["maxboxacc_v2"] <= 100 and results["center_gaussian"]["maxboxacc_v2"] > 0
+  assert 0 <= results["test"]["maxboxacc_v2"] <= 100
+  assert results["center_gaussian"]["maxboxacc_v2"] > 0
   variables, meta = load_pretrained(workdir / "export")
   assert meta["method"] == "sat" and meta["family"] == "sat" and meta["kwargs"]["sat_layers"] == 1
   assert {"loc_token", "loc_embed"} <= set(variables["params"])

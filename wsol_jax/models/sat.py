@@ -90,7 +90,7 @@ class SpatialAwareBlock(nn.Module):
 
 def gaussian_kernel(size: int = 3, nsig: float = 6.0) -> np.ndarray:
   """Official ``get_kernel``: √(outer(k, k)) normalised to sum 1, k = the N(0,1) mass of
-  ``size`` equal intervals over [−nsig − δ/2, nsig + δ/2], δ = (2·nsig + 1)/size. float32."""
+  ``size`` equal intervals over [−nsig − δ/2, nsig + δ/2], δ = (2·nsig + 1)/size (float32)."""
   from math import erf, sqrt
   interval = (2 * nsig + 1.0) / size
   edges = np.linspace(-nsig - interval / 2.0, nsig + interval / 2.0, size + 1)
@@ -133,7 +133,8 @@ class SatVisionTransformer(vit.VisionTransformer):
       raise ValueError(f"sat_layers must be in [1, depth={self.depth}], got {self.sat_layers}")
     gh, gw = self._check_inputs(images, (), None)
     b, dim = images.shape[0], self.embed_dim
-    x = vit.PatchEmbed(dim, self.patch_size, self.dtype, self.dot_general, name="patch_embed")(images)
+    x = vit.PatchEmbed(dim, self.patch_size, self.dtype, self.dot_general,
+                       name="patch_embed")(images)
     init = layers.trunc_normal_init(0.02)
     cls = self.param("cls_token", init, (1, 1, dim), jnp.float32)
     loc = self.param("loc_token", init, (1, 1, dim), jnp.float32)
