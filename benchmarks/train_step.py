@@ -1,7 +1,7 @@
 """Training-step throughput against this machine's fp32 matmul rate, measured in one run.
 
   python benchmarks/train_step.py                      # TS-CAM and SCM, DeiT-S, 224, batch 32
-  python benchmarks/train_step.py --methods tscam,scm,vitol,rfga --steps 8
+  python benchmarks/train_step.py --methods tscam,scm,vitol,sat,rfga --steps 8
   python benchmarks/train_step.py --parts-off attention   # the wing without one part
 
 For each method: images/s of the full jitted train step (forward, backward, optimizer
@@ -45,6 +45,7 @@ SETUPS = {
     "tscam": ("deit_small_patch16_224", 224, {}),
     "scm": ("deit_small_patch16_224", 224, {}),
     "vitol": ("deit_small_patch16_224", 224, {}),
+    "sat": ("deit_small_patch16_224", 224, {}),
     # RFGA paper recipe: ResNet-50 (output stride 8: 56×56 maps) + module + 1×1 head, SGD.
     "rfga": ("resnet50", 448, {"optimizer.name": "sgd"}),
 }

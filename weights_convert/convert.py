@@ -20,6 +20,7 @@ METHODS: dict[str | None, tuple[str | None, dict[str, Any]]] = {
     None: (None, {}),
     "tscam": ("vit", {"head": "conv3x3"}),
     "scm": ("scm", {"head": "conv3x3"}),  # + the ADBs' lambda/beta (params/scm/adb_i)
+    "sat": ("sat", {"head": "conv3x3"}),  # + the spatial token (params/loc_token, loc_embed)
     # ViTOL's model is hila-chefer's ViT_LRP: final LayerNorm with PyTorch's default eps.
     "vitol": ("vit", {"head": "linear", "final_norm_eps": 1e-5}),
 }
@@ -43,7 +44,8 @@ class Converted:
 def _rules(family: str, method: str | None) -> tuple[mapping.Rule, ...]:
   if family == "resnet":
     return mapping.RESNET_RULES
-  return mapping.VIT_RULES + (mapping.SCM_RULES if method == "scm" else ())
+  extra = {"scm": mapping.SCM_RULES, "sat": mapping.SAT_RULES}.get(method, ())
+  return mapping.VIT_RULES + extra
 
 
 def _jsonable(value: Any) -> Any:
@@ -63,7 +65,7 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model_name: str, *,
 
   Args:
     state: source tensors by timm name (or big_vision names when ``fmt == 'npz'``).
-    method: ``None`` (plain backbone), ``'tscam'``, ``'scm'`` or ``'vitol'``.
+    method: ``None`` (plain backbone), ``'tscam'``, ``'scm'``, ``'sat'`` or ``'vitol'``.
     num_classes: classes of the model; default: those of the checkpoint's head.
     drop_head: re-initialise a head whose shape does not fit instead of failing.
     overrides: extra model constructor arguments (e.g. ``{'depth': 4}``).

@@ -51,6 +51,14 @@ SCM_RULES: tuple[Rule, ...] = (
     Rule(r"layers\.(\d+)\.thred", "params/scm/adb_{1}/beta"),
 )
 
+# SAT's spatial token and its embedding; ``weight`` is the fixed Gaussian kernel of the
+# normalization loss (``requires_grad=False``, rebuilt from ``sat.kernel_*``).
+SAT_RULES: tuple[Rule, ...] = (
+    Rule(r"loc_token", "params/loc_token"),
+    Rule(r"loc_embed", "params/loc_embed"),
+    Rule(r"weight", "", "skip"),
+)
+
 _BN = (("weight", "params", "scale"), ("bias", "params", "bias"),
        ("running_mean", "batch_stats", "mean"), ("running_var", "batch_stats", "var"))
 

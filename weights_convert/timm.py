@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   src.add_argument("--hf-repo", help="Hugging Face Hub repo, e.g. timm/deit_small_patch16_224.fb_in1k")
   parser.add_argument("--out", required=True, help="output model directory")
   parser.add_argument("--method", choices=[m for m in convert.METHODS if m],
-                      help="released method checkpoint layout (3x3 conv head, SCM blocks, ViTOL)")
+                      help="released method checkpoint layout (3x3 conv head, SCM blocks, SAT token, ViTOL)")
   parser.add_argument("--num-classes", type=int, help="classes of the model (default: the checkpoint's)")
   parser.add_argument("--drop-head", action="store_true",
                       help="re-initialise a classification head that does not fit")

@@ -7,7 +7,7 @@ Passes over the batch (each at most one forward + one backward):
 * stop-gradient (``agcam``): the official AG-CAM backward, class rows only;
 * forward-only kinds (``rollout``, ``rollout_half``, ``tscam``, ``scm``) ride on the
   first pass (the forward values do not depend on the stop-gradient); alone they
-  cost one forward.
+  cost one forward. ``sat`` (SAT models only, which have no other kind) is one forward.
 
 The targets (None: argmax) are fixed by the first pass and reused by the others.
 """
@@ -28,6 +28,7 @@ from wsol_jax.maps.cam import cam
 from wsol_jax.maps.rollout import attention_rollout, gradient_rollout
 from wsol_jax.models.resnet import ResNet
 from wsol_jax.models.rfga import RfgaResNet
+from wsol_jax.models.sat import SatVisionTransformer
 from wsol_jax.models.vit import VisionTransformer
 
 
@@ -63,6 +64,8 @@ KINDS: dict[str, Kind] = {
     "scm": Kind("vit", "bilinear", capture=("attn_cls", "semantic")),
     # wsolevaluation CAM (inference.py: cv2 INTER_CUBIC).
     "cam": Kind("resnet", "bicubic"),
+    # SAT (evaluator.py normalize_map: cv2.resize default INTER_LINEAR); SAT models only.
+    "sat": Kind("vit", "bilinear"),
 }
 
 
@@ -109,6 +112,9 @@ def _check_kinds(model: nn.Module, kinds: Sequence[str]) -> tuple[str, ...]:
     want = _kind(name).family
     if want != family:
       raise ValueError(f"map kind {name!r} needs a {want} model, got {type(model).__name__}")
+    if (name == "sat") != isinstance(model, SatVisionTransformer):
+      raise ValueError(f"map kind {name!r} " + ("needs a SAT model" if name == "sat" else
+                                                "does not apply to a SAT model (its kind: 'sat')"))
     if name in ("tscam", "scm") and model.head != "conv3x3":
       raise ValueError(f"map kind {name!r} needs the conv3x3 (TS-CAM/SCM) head, got head={model.head!r}")
   return kinds
@@ -186,7 +192,8 @@ def compute(model: nn.Module, variables: Any, images: jax.Array, kinds: Sequence
   Args:
     model: a ``VisionTransformer`` (kinds ``rollout``, ``rollout_half``, ``gar``,
       ``lrp``, ``agcam``, ``agcam_nostopgrad``, and ``tscam``/``scm`` with the conv3x3
-      head) or a ``ResNet`` with an ``fc`` head or an ``RfgaResNet`` (kind ``cam``).
+      head), a ``SatVisionTransformer`` (kind ``sat``, class-agnostic) or a ``ResNet``
+      with an ``fc`` head or an ``RfgaResNet`` (kind ``cam``).
     variables: the model's variables.
     images: (B, H, W, 3) normalised NHWC images.
     kinds: map kinds to return (see ``KINDS``).
@@ -207,6 +214,9 @@ def compute(model: nn.Module, variables: Any, images: jax.Array, kinds: Sequence
     return {"cam": maps}, logits
   if "cam" in kinds:
     raise ValueError("kind 'cam' cannot be combined with other kinds")
+  if kinds == ("sat",):  # class-agnostic: the spatial token's map, whatever the targets
+    logits, aux = model.apply(variables, images)
+    return {"sat": aux["sat_map"]}, logits
   return _vit_maps(model, variables, images, kinds, targets, start_layer, lrp_start_layer)
 
 

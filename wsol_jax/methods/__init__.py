@@ -19,6 +19,7 @@ METHODS = {
     "agcam": "wsol_jax.methods.agcam:AgCam",
     "rfga": "wsol_jax.methods.rfga:Rfga",
     "cam": "wsol_jax.methods.cam:Cam",
+    "sat": "wsol_jax.methods.sat:Sat",
 }
 
 

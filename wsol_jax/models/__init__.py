@@ -1,8 +1,8 @@
 """Models: every Flax module and numeric block, as pure functions returning ``(logits, aux)``.
 
 ViT/DeiT (``vit``), ResNet-50 (``resnet``), SCM's Activation Diffusion Blocks and the ViT
-that runs them (``scm_adb``), RFGA's module and network (``rfga``), ViTOL's p-ADL
-(``padl``). Backend-neutral: plain XLA ops unless an implementation is injected through
+that runs them (``scm_adb``), SAT's spatial-token ViT (``sat``), RFGA's module and network
+(``rfga``), ViTOL's p-ADL (``padl``). Backend-neutral: plain XLA ops unless an implementation is injected through
 a model field (``registry.INJECTED``).
 """
 from wsol_jax.models.pretrained import load_pretrained, model_from_meta, read_meta, save_pretrained

@@ -9,6 +9,7 @@ import flax.linen as nn
 
 from wsol_jax.models.resnet import ResNet
 from wsol_jax.models.rfga import RfgaResNet
+from wsol_jax.models.sat import SatVisionTransformer
 from wsol_jax.models.scm_adb import ScmVisionTransformer
 from wsol_jax.models.vit import VisionTransformer
 
@@ -17,9 +18,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 
 # A family is a module class; a named model (``MODELS``) is a family with its usual kwargs.
-# "rfga" and "scm" are their backbones plus a method's modules (same backbone names).
+# "rfga", "scm" and "sat" are their backbones plus a method's modules (same backbone names).
 FAMILIES: dict[str, type[nn.Module]] = {"vit": VisionTransformer, "resnet": ResNet,
-                                        "rfga": RfgaResNet, "scm": ScmVisionTransformer}
+                                        "rfga": RfgaResNet, "scm": ScmVisionTransformer,
+                                        "sat": SatVisionTransformer}
 # Model fields that say how to run a model, not what it is: injected by ``runtime.Runtime``,
 # never written to a model directory's metadata.
 # The compute dtype and fused attention come from the run's config the same way.
