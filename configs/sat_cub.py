@@ -19,11 +19,12 @@ the largest connected component at thresholds 0.3–0.45 (evaluator.py: 0.4, ten
 classification).
 Paper / official README (DeiT-S, CUB test): Top-1 Loc 80.96, Top-5 Loc 94.13,
 GT-known 98.45.
+Variant ``bf16``: bfloat16 compute with float32 parameters (GPUs/TPUs; README "GPUs and TPUs").
 """
 from wsol_jax import config_lib
 
 # The variants ``get_config(arg)`` accepts (``--config configs/sat_cub.py:a,b``).
-VARIANTS = ('tfds', 'paper')
+VARIANTS = ('tfds', 'paper', 'bf16')
 
 
 def get_config(arg=None):
@@ -38,4 +39,5 @@ def get_config(arg=None):
   c.schedule.update(dict(name="constant"))
   c.training.update(dict(batch_size=256, num_epochs=30))
   c.sat.area_thr = 0.25
+  config_lib.set_precision(c, variants)
   return c

@@ -15,11 +15,12 @@ train transforms as CUB. Test: resize 256 → center crop 224 (here: resize 224)
 0.3 (evaluator_ImageNet.py), no ten-crop.
 Paper / official README (DeiT-S, ILSVRC val): Top-1 Loc 60.15, Top-5 Loc 70.52,
 GT-known 73.13.
+Variant ``bf16``: bfloat16 compute with float32 parameters (GPUs/TPUs; README "GPUs and TPUs").
 """
 from wsol_jax import config_lib
 
 # The variants ``get_config(arg)`` accepts (``--config configs/sat_ilsvrc.py:a,b``).
-VARIANTS = ('paper',)
+VARIANTS = ('paper', 'bf16')
 
 
 def get_config(arg=None):
@@ -35,4 +36,5 @@ def get_config(arg=None):
   c.training.update(dict(batch_size=512, num_epochs=1))
   c.sat.area_thr = 0.35
   c.checkpoint.every_steps = 2000
+  config_lib.set_precision(c, variants)
   return c

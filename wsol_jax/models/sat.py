@@ -17,8 +17,8 @@ The localization map is the mean of those blocks' m over the patch keys, (B, h, 
 ``model.apply(variables, images, train=..., capture=(...))`` returns ``(logits, aux)`` with
 ``aux['sat_map']`` (B, h, w) always and, on request, ``'sat_masks'`` (sat_layers, B, h·w),
 ``'semantic'`` (B, h, w, C) and ``'tokens'`` (B, N+2, D). The blocks without the mask run
-through ``vit.Block`` (so an injected ``attention_fn`` serves them); the spatial-aware
-blocks need the scores and run with XLA ops (plus the injected ``dot_general``).
+through ``vit.Block`` (so an injected ``attention_fn`` or ``fused_attn`` serves them); the
+spatial-aware blocks need the scores and run with XLA ops (plus the injected ``dot_general``).
 """
 from __future__ import annotations
 
@@ -155,7 +155,8 @@ class SatVisionTransformer(vit.VisionTransformer):
       x = boundary(x)
       if i < first_sat:
         x, _ = vit.Block(**common, drop_path=float(rates[i]), attention_fn=self.attention_fn,
-                         name=f"blocks_{i}")(x, train=train, delta=None, stop_grad_input=False)
+                         fused_attn=self.fused_attn, name=f"blocks_{i}")(
+                             x, train=train, delta=None, stop_grad_input=False, need_probs=False)
       else:
         x, mask = SpatialAwareBlock(**common, drop_path=float(rates[i]), name=f"blocks_{i}")(
             x, train=train)
