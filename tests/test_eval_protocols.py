@@ -92,3 +92,74 @@ def test_an_unknown_protocol_fails_before_any_training(tmp_path):
     trainer.train_and_evaluate(cfg, tmp_path / "run")
   assert not (tmp_path / "tfds").exists()  # failed before reading (or generating) any data
   assert not [p for p in (tmp_path / "run").rglob("*") if p.is_dir()]  # no checkpoint folders
+
+
+def _sat_reference(maps, boxes, labels, top5, thresholds):
+  """SAT's val_loc_one_epoch, written out with scipy's labelling (skimage's measure.label and
+  regionprops in the official code; 8-connectivity, exclusive bbox ends, +1 IoU)."""
+  from scipy import ndimage
+
+  def iou(a, b):
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1) * max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)
+    return inter / (area(a) + area(b) - inter)
+  table = []
+  for thr in thresholds:
+    rows = []
+    for m, gt, label, t5 in zip(maps, boxes, labels, top5):
+      lab, n = ndimage.label(m > thr, structure=np.ones((3, 3)))
+      if n == 0:
+        box = [0, 0, m.shape[1], m.shape[0]]
+      else:
+        sizes = np.bincount(lab.ravel())[1:]
+        ys, xs = np.nonzero(lab == 1 + int(np.argmax(sizes)))
+        box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+      best = max(iou(box, g) for g in gt if g[0] >= 0)
+      rows.append((best, t5[0] == label, label in t5))
+    table.append(rows)
+  scores = [sum(100 * (b >= .5) for b, _, _ in r) / len(r) + sum(100 * (b >= .5 and c)
+            for b, c, _ in r) / len(r) for r in table]
+  j = int(np.argmax(scores))
+  r = table[j]
+  return {"sat_gt_known": 100 * np.mean([b >= .5 for b, _, _ in r]),
+          "sat_top1_loc": 100 * np.mean([b >= .5 and c for b, c, _ in r]),
+          "sat_top5_loc": 100 * np.mean([b >= .5 and c5 for b, _, c5 in r]),
+          **{f"sat_boxacc_iou{t}": 100 * np.mean([b >= t / 100 for b, _, _ in r])
+             for t in (30, 50, 70)},
+          "sat_threshold": thresholds[j]}
+
+
+def test_sat_protocol_matches_the_official_loop_on_random_blobs():
+  cfg = config_lib.base_config().eval
+  p = protocols.build(["sat"], cfg, num_classes=10, all_classes=False)[0]
+  rng = np.random.default_rng(0)
+  from scipy import ndimage
+  maps = ndimage.gaussian_filter(rng.random((12, 40, 48)), sigma=(0, 4, 4))
+  maps = (maps - maps.min((1, 2), keepdims=True)) / np.ptp(maps, (1, 2), keepdims=True)
+  maps[3] = 0.0  # no component at any threshold: the whole image
+  boxes = np.full((12, 2, 4), -1)
+  x0, y0 = rng.integers(0, 20, 12), rng.integers(0, 20, 12)
+  boxes[:, 0] = np.stack([x0, y0, x0 + rng.integers(5, 25, 12), y0 + rng.integers(5, 18, 12)], 1)
+  boxes[::3, 1] = [30, 25, 47, 39]
+  for i in range(0, 12, 2):  # half of the images: a GT box around the map's main blob
+    lab, _ = ndimage.label(maps[i] > 0.4, structure=np.ones((3, 3)))
+    if lab.max():
+      ys, xs = np.nonzero(lab == 1 + np.argmax(np.bincount(lab.ravel())[1:]))
+      boxes[i, 0] = [xs.min(), ys.min() + 1, xs.max() + 2, ys.max()]
+  labels = rng.integers(0, 4, 12)
+  top5 = np.stack([rng.permutation(10)[:5] for _ in range(12)])
+  top5[::2, 0] = labels[::2]
+  for half in (slice(0, 7), slice(7, 12)):  # two batches
+    p.update(protocols.BatchContext(maps=maps[half], topk_maps=None, top5=top5[half],
+                                    labels=labels[half], boxes=boxes[half],
+                                    valid=np.ones(len(labels[half]), bool),
+                                    normalized_images=lambda: None))
+  got = dict(p.results())
+  want = _sat_reference(maps, boxes, labels, top5, tuple(cfg.sat_thresholds))
+  assert got.keys() == want.keys()
+  for k in want:
+    assert got[k] == pytest.approx(want[k]), k
+  assert 0 < got["sat_gt_known"] < 100  # the data exercises both outcomes
+  cfg.sat_thresholds = (0.0, 0.5)
+  with pytest.raises(ValueError, match="sat_thresholds"):
+    protocols.build(["sat"], cfg, 10, False)

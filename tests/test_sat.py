@@ -269,6 +269,8 @@ def test_training_through_the_cli(trained):
   _, workdir = trained
   results = json.loads((workdir / "results.json").read_text())
   assert 0 <= results["test"]["maxboxacc_v2"] <= 100
+  assert results["test"]["sat_threshold"] in (0.3, 0.35, 0.4, 0.45)  # SAT's own protocol ran
+  assert results["test"]["sat_top1_loc"] <= results["test"]["sat_gt_known"]
   assert results["center_gaussian"]["maxboxacc_v2"] > 0
   variables, meta = load_pretrained(workdir / "export")
   assert meta["method"] == "sat" and meta["family"] == "sat" and meta["kwargs"]["sat_layers"] == 1

@@ -92,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
       pixel_threshold=0.5,  # 'agcam': binarisation threshold of the pixel metrics
       abpc=True,            # 'agcam': also run the ABPC perturbation test (11 forwards/batch)
       rfga_iou_thresholds=(50, 60, 70, 80, 90),  # 'rfga': IoU thresholds of the RFGA tables
+      sat_thresholds=(0.3, 0.35, 0.4, 0.45),     # 'sat': map thresholds (train.py's default list)
       num_overlays=6,
       max_examples=0,       # > 0: evaluate on a prefix (debugging)
   )

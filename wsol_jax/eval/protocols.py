@@ -16,6 +16,10 @@ eval grid and min-max normalised, top-5 predictions, boxes, labels) and yields
             images; ABPC (LeRF − MoRF, 11 steps, removed pixels = 0 in normalised space).
 ``rfga``    RFGA: MaxBoxAcc with V1 boxes at IoU ``eval.rfga_iou_thresholds`` (50…90), their
             mean, and the mIoU at the threshold that maximises it.
+``sat``     SAT (``evaluator.py``): at each of ``eval.sat_thresholds`` the box of the largest
+            8-connected component of ``map > τ`` (the whole image if none); GT-known
+            (IoU ≥ 0.5), Top-1/5 Loc and box accuracy at IoU 30/50/70 at the τ that
+            maximises GT-known + Top-1 Loc.
 =========== ==================================================================================
 """
 from __future__ import annotations
@@ -23,9 +27,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterator, Sequence
 
+import cv2
 import jax
 import numpy as np
 
+from wsol_jax.eval import iou as iou_lib
 from wsol_jax.eval import localization
 from wsol_jax.eval.box_accuracy import BoxAccuracy
 from wsol_jax.eval.perturbation import PerturbationTest
@@ -167,9 +173,59 @@ class RfgaProtocol(Protocol):
     yield "rfga_miou", float(np.max(r.mean_best_iou))
 
 
+def largest_component_box(mask: np.ndarray) -> np.ndarray | None:
+  """``[x0, y0, x1, y1]`` of the largest 8-connected component of a boolean mask, with
+  exclusive ends as skimage's ``regionprops`` bbox (SAT then scores it with the inclusive
+  +1 IoU, as its code does); ties: the first component in raster order. None if empty."""
+  count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
+                                                              connectivity=8)
+  if count <= 1:
+    return None
+  best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+  x, y, w, h = (int(v) for v in stats[best, :4])
+  return np.array([x, y, x + w, y + h], np.int64)
+
+
+class SatProtocol(Protocol):
+  """SAT's ``val_loc_one_epoch``: largest-component boxes at a few fixed thresholds."""
+
+  def __init__(self, cfg: Any):
+    self.thresholds = tuple(float(t) for t in cfg.sat_thresholds)
+    if not self.thresholds or not all(0 < t < 1 for t in self.thresholds):
+      raise ValueError(f"the 'sat' protocol needs eval.sat_thresholds in (0, 1), got "
+                       f"{self.thresholds}")
+    self.ious: list[np.ndarray] = []    # (T,) best IoU per image
+    self.top1: list[bool] = []
+    self.top5: list[bool] = []
+
+  def update(self, ctx):
+    for i in np.flatnonzero(ctx.valid):
+      m = ctx.maps[i]
+      gt = iou_lib.valid_gt(ctx.boxes[i])
+      full = np.array([0, 0, m.shape[1], m.shape[0]], np.int64)
+      boxes = [largest_component_box(m > t) for t in self.thresholds]
+      boxes = np.stack([full if b is None else b for b in boxes])
+      self.ious.append(iou_lib.max_iou(boxes, gt))
+      self.top1.append(bool(ctx.top5[i, 0] == ctx.labels[i]))
+      self.top5.append(bool((ctx.top5[i] == ctx.labels[i]).any()))
+
+  def results(self):
+    ious = np.stack(self.ious) if self.ious else np.zeros((0, len(self.thresholds)))
+    top1, top5 = np.asarray(self.top1, bool)[:, None], np.asarray(self.top5, bool)[:, None]
+    located = ious >= 0.5
+    gt_known, top1_loc = 100 * located.mean(0), 100 * (located & top1).mean(0)
+    best = int(np.argmax(gt_known + top1_loc))  # first on ties, as the official loop
+    yield "sat_top1_loc", float(top1_loc[best])
+    yield "sat_top5_loc", float(100 * (located & top5).mean(0)[best])
+    yield "sat_gt_known", float(gt_known[best])
+    for t in (30, 50, 70):
+      yield f"sat_boxacc_iou{t}", float(100 * (ious[:, best] >= t / 100).mean())
+    yield "sat_threshold", self.thresholds[best]
+
+
 PROTOCOLS: dict[str, type[Protocol]] = {
     "tscam": TsCamProtocol, "scm": ScmProtocol, "vitol": FixedThresholdProtocol,
-    "agcam": AgCamProtocol, "rfga": RfgaProtocol,
+    "agcam": AgCamProtocol, "rfga": RfgaProtocol, "sat": SatProtocol,
 }
 
 

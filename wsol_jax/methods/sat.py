@@ -72,6 +72,7 @@ class Sat(base.Method):
   map_kinds = ("sat",)
   maps_all_classes = False
   upsample = "bilinear"
+  eval_protocols = ("sat",)
   config_section = ("sat", SatConfig)
   drop_path_rate = 0.1  # official argparse default
 
