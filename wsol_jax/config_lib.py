@@ -85,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
       rfga_iou_thresholds=(50, 60, 70, 80, 90),  # 'rfga': IoU thresholds of the RFGA tables
       num_overlays=6,
       max_examples=0,       # > 0: evaluate on a prefix (debugging)
+      # Per-device memory budget of the maps (MiB; 0 = automatic: half the accelerator's, or
+      # of the host's share on CPU): a batch whose compiled maps need more runs in chunks.
+      maps_memory_mb=0.0,
   )
   c.checkpoint = _cd(every_steps=500, keep=3)
   c.mesh = _cd(shape=())  # () = all devices on the data axis

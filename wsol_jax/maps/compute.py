@@ -21,7 +21,7 @@ import jax
 
 # Names are imported from the submodules: the package re-binds ``rollout``, ``agcam`` and
 # ``cam`` to the functions of the same name.
-from wsol_jax.maps import attention, lrp, postprocess, semantic
+from wsol_jax.maps import attention, budget, lrp, postprocess, semantic
 from wsol_jax.maps.agcam import agcam_from_rows
 from wsol_jax.maps.cam import cam
 from wsol_jax.maps.rollout import attention_rollout, gradient_rollout
@@ -198,12 +198,16 @@ def compute(model: nn.Module, variables: Any, images: jax.Array, kinds: Sequence
   return _vit_maps(model, variables, images, kinds, targets, start_layer, lrp_start_layer)
 
 
-def jitted(model: nn.Module, kinds: Sequence[str], **options: Any
+def jitted(model: nn.Module, kinds: Sequence[str], *, memory_mb: float = 0, **options: Any
            ) -> Callable[..., tuple[dict[str, jax.Array], jax.Array]]:
-  """``compute`` for a fixed model and kinds, jit-compiled: ``fn(variables, images, targets=None)``."""
+  """``compute`` for a fixed model and kinds, jit-compiled: ``fn(variables, images, targets=None)``.
+
+  ``memory_mb``: the per-device memory budget (``budget.Budgeted``; 0 = automatic): a batch
+  that does not fit is computed in chunks.
+  """
   kinds = _check_kinds(model, kinds)
 
   def fn(variables: Any, images: jax.Array, targets: jax.Array | None = None):
     return compute(model, variables, images, kinds, targets, **options)
 
-  return jax.jit(fn)
+  return budget.Budgeted(fn, memory_mb)
