@@ -147,6 +147,10 @@ class Budgeted:
       self._compiled[key] = self._plan(shared, *batched)
     return self._compiled[key][0]
 
+  def _cache_size(self) -> int:
+    """The number of compiled argument signatures (as a jitted function's)."""
+    return len(self._compiled)
+
   def _compile(self, num_chunks: int, args: tuple[Any, ...]) -> Any:
     return jax.jit(chunked(self.fn, num_chunks)).lower(*args).compile()
 
