@@ -42,9 +42,13 @@ def test_chunked_maps_equal_the_whole_batch(head, kinds, caplog):
     # LRP's sums of signed contributions amplify float32 rounding (test_maps_compute).
     tol = 1e-4 if kind == "lrp" else 1e-6
     np.testing.assert_allclose(out[kind], whole[kind], atol=tol * scale, err_msg=kind)
-  # A generous budget keeps the batch whole; the automatic one does for this tiny model.
-  assert maps.jitted(model, kinds, memory_mb=1000).plan(variables, x, targets) == 1
-  assert maps.jitted(model, kinds).plan(variables, x, targets) == 1
+
+
+def test_a_batch_that_fits_stays_whole():
+  model, variables, x = _vit()
+  # A generous budget keeps the batch whole; so does the automatic one for this tiny model.
+  assert maps.jitted(model, ("rollout",), memory_mb=1000).plan(variables, x) == 1
+  assert maps.jitted(model, ("rollout",)).plan(variables, x) == 1
 
 
 def test_the_budget_picks_the_fewest_chunks_that_fit_and_keeps_the_sharding():
@@ -119,15 +123,16 @@ def test_explain_takes_a_budget(tmp_path):
   for i in range(3):
     files.append(str(tmp_path / f"im{i}.png"))
     Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(files[-1])
-  assert explain.main(["--checkpoint", str(tmp_path / "model"), "--kind", "lrp", "--images", *files,
-                       "--out", str(tmp_path / "out"), "--maps-memory-mb", str(TINY_MB)]) == 0
+  explainer = explain.build_explainer(tmp_path / "model", "gar", memory_mb=TINY_MB)
+  assert explain.explain(explainer, files, tmp_path / "out", batch_size=3) == 3
   x = np.stack([np.asarray(Image.open(f).convert("RGB").resize((32, 32), Image.BILINEAR))
                 for f in files])
-  ref, _ = maps.compute(model, variables, maps.normalize_images(x, mean, std), ("lrp",))
+  assert explainer.fn.plan(explainer.variables, x, None) == 3  # the batch of 3 ran in 3 chunks
+  ref, _ = jax.jit(lambda v, x: maps.compute(model, v, maps.normalize_images(x, mean, std),
+                                             ("gar",)))(variables, x)
   got = np.stack([np.load(tmp_path / "out" / f"im{i}.npy") for i in range(3)])
-  np.testing.assert_allclose(got, ref["lrp"], atol=1e-4 * np.abs(ref["lrp"]).max())
-  explainer = explain.build_explainer(tmp_path / "model", "lrp", memory_mb=TINY_MB)
-  assert explainer.fn.plan(explainer.variables, x, None) == 3
+  np.testing.assert_allclose(got, ref["gar"], atol=1e-6 * np.abs(ref["gar"]).max())
+  args = ["--checkpoint", "m", "--images", "a", "--out", "o", "--maps-memory-mb"]
+  assert explain.parse_args(args + ["64"]).maps_memory_mb == 64
   with pytest.raises(SystemExit):
-    explain.parse_args(["--checkpoint", "m", "--images", "a", "--out", "o",
-                        "--maps-memory-mb", "-1"])
+    explain.parse_args(args + ["-1"])
