@@ -105,7 +105,7 @@ def _per_device_batch(batched: tuple[Any, ...]) -> int:
 
 def _key(args: tuple[Any, ...]) -> Any:
   leaves, treedef = jax.tree.flatten(args)
-  return treedef, tuple((np.shape(x), getattr(x, "dtype", None) or np.result_type(x),
+  return treedef, tuple((np.shape(x), x.dtype if hasattr(x, "dtype") else np.result_type(x),
                          getattr(x, "sharding", None)) for x in leaves)
 
 

@@ -9,7 +9,7 @@ rules of :mod:`wsol_jax.maps.lrp_rules` (spec methods.md §4):
    second model;
 2. ``∂y_target/∂A_l`` for every block from the same forward, by ``jax.vjp`` with
    respect to the model's ``attn_delta`` and a one-hot cotangent (one backward for
-   the whole batch);
+   the whole batch; ``recorded_pass``, which ``maps.compute`` also uses for GAR);
 3. relevance propagation from the one-hot of the target (α = 1): head Linear →
    cls select → final LayerNorm (identity) → blocks L..1, each
    add₂ → fc2 → GELU → fc1 → norm2 → clone₂ → add₁ → proj → A·V (/2) → softmax →
@@ -219,7 +219,6 @@ def relevance_from_record(model: nn.Module, variables: Any, record: dict[str, An
   pooled, _ = record["head"]
   one_hot = _one_hot(targets, num_classes, pooled.dtype)
   params = variables["params"]
-  pooled, _ = record["head"]
   xn, _ = record["norm"]
   r = rules.linear_rule(pooled, params["head"]["kernel"], one_hot)
   r = rules.select_rule(xn, r)          # final LayerNorm: identity
