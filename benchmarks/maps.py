@@ -15,8 +15,8 @@ Targets: rollout ≈ forward; GAR and AG-CAM ≤ 1.3× forward+backward; LRP ≤
 Peak host memory: the process's resident high-water mark (Linux ``VmHWM``, which counts
 XLA's host buffers and compiled code alike), reset (``/proc/self/clear_refs``) before each
 function's second call and read after it: the ``peak GiB`` column is the process's peak
-while that function ran (the buffers of the functions before it included), the ``+GiB``
-column its rise above the resident size before.
+while that function ran, everything else the process holds (its inputs, the other
+functions' compiled code and the memory its allocator kept) included.
 """
 from __future__ import annotations
 
@@ -90,20 +90,19 @@ def _reset_peak() -> bool:
     return False
 
 
-def peak_during(fn: Callable[[], Any]) -> tuple[float, float]:
-  """(peak resident GiB of the process while ``fn`` ran, its rise above the resident size
-  before); the process-lifetime peak (``ru_maxrss``) where the high-water mark cannot be reset."""
-  before = _status_kib("VmRSS")
+def peak_during(fn: Callable[[], Any]) -> float:
+  """Peak resident GiB of the process while ``fn`` ran; the process-lifetime peak
+  (``ru_maxrss``) where the high-water mark cannot be reset."""
   reset = _reset_peak()
   jax.block_until_ready(fn())
   peak = _status_kib("VmHWM") if reset else None
   if peak is None:  # ru_maxrss: KiB on Linux
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return peak / 2**20, (peak - (before or 0)) / 2**20
+  return peak / 2**20
 
 
 def measure(fns: dict[str, Callable[[], Any]], repeats: int
-            ) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]]]:
+            ) -> tuple[dict[str, list[float]], dict[str, float]]:
   """Seconds per call of every function (compile + one warm-up call excluded), and the peak
   host memory during each one's second call (the first compiles)."""
   memory = {}
@@ -121,17 +120,16 @@ def measure(fns: dict[str, Callable[[], Any]], repeats: int
   return times, memory
 
 
-def table(times: dict[str, list[float]], memory: dict[str, tuple[float, float]],
+def table(times: dict[str, list[float]], memory: dict[str, float],
           chunks: dict[str, int], batch: int) -> str:
   fwd = statistics.median(times["forward"])
   fwd_bwd = statistics.median(times["forward+backward"])
   lines = [f"{'method':<26s} {'s/batch':>8s} {'min':>8s} {'img/s':>8s} {'/fwd+bwd':>9s} {'/fwd':>7s}"
-           f" {'peak GiB':>9s} {'+GiB':>6s} {'chunks':>6s}"]
+           f" {'peak GiB':>9s} {'chunks':>6s}"]
   for name, ts in times.items():
     med = statistics.median(ts)
-    peak, rise = memory[name]
     lines.append(f"{name:<26s} {med:8.3f} {min(ts):8.3f} {batch / med:8.2f} {med / fwd_bwd:9.2f} "
-                 f"{med / fwd:7.2f} {peak:9.2f} {rise:6.2f} {chunks.get(name, 1):6d}")
+                 f"{med / fwd:7.2f} {memory[name]:9.2f} {chunks.get(name, 1):6d}")
   if "lrp" in times:
     lines.append(f"LRP / forward+backward: {statistics.median(times['lrp']) / fwd_bwd:.2f} "
                  f"(median; min/min {min(times['lrp']) / min(times['forward+backward']):.2f}; "
