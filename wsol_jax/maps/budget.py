@@ -105,8 +105,10 @@ def _per_device_batch(batched: tuple[Any, ...]) -> int:
 
 def _key(args: tuple[Any, ...]) -> Any:
   leaves, treedef = jax.tree.flatten(args)
+  # What a compiled function checks its arguments against: shape, dtype (weak or not), sharding.
   return treedef, tuple((np.shape(x), x.dtype if hasattr(x, "dtype") else np.result_type(x),
-                         getattr(x, "sharding", None)) for x in leaves)
+                         getattr(x, "weak_type", False), getattr(x, "sharding", None))
+                        for x in leaves)
 
 
 class Budgeted:
