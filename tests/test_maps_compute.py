@@ -1,4 +1,6 @@
 """compute(): shared passes, one backward per batch, batch independence, targets, compilation."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -175,6 +177,15 @@ def test_every_pass_uses_the_first_passs_targets(tiny_vit):
   t = np.argmax(logits, -1)
   np.testing.assert_allclose(out["agcam"], maps.agcam(model, variables, x, t)[0], atol=1e-6)
   np.testing.assert_allclose(out["gar"], maps.gar(model, variables, x, t)[0], atol=1e-6)
+
+
+def test_lrp_rides_on_the_gradient_pass_forward(tiny_vit):
+  """LRP and GAR share ONE forward: its exact GELU (``erf``, absent from the backward) runs
+  once per block."""
+  model, variables, x = tiny_vit
+  for kinds in (("lrp",), ("lrp", "gar", "rollout")):
+    jaxpr = str(jax.make_jaxpr(lambda v, x: maps.compute(model, v, x, kinds))(variables, x))
+    assert len(re.findall(r"\berf\b", jaxpr)) == model.depth, kinds
 
 
 def test_jitted_compiles_once_per_shape(tiny_vit):

@@ -95,6 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
       sat_thresholds=(0.3, 0.35, 0.4, 0.45),     # 'sat': map thresholds (train.py's default list)
       num_overlays=6,
       max_examples=0,       # > 0: evaluate on a prefix (debugging)
+      # Per-device memory budget of the maps (MiB; 0 = automatic: half the accelerator's, or
+      # of the host's share on CPU): a batch whose compiled maps need more runs in chunks.
+      maps_memory_mb=0.0,
   )
   c.checkpoint = _cd(every_steps=500, keep=3)
   # Device mesh: axes 'data' (batch) and optionally 'fsdp' (batch and parameters, sharded

@@ -2,6 +2,7 @@
 
     python -m wsol_jax.explain --checkpoint DIR --kind gar --images a.jpg b.png ... --out OUT
         [--target CLASS] [--batch-size N] [--threshold 0.2] [--cpu-tuning auto]
+        [--maps-memory-mb 0]
 
 DIR is a model directory (``wsol_model.json`` + ``variables/``, written by
 ``weights_convert`` or the trainer). DIR, OUT and the images may be ``gs://`` URLs. ``--kind`` is a map kind of ``wsol_jax.maps.KINDS``
@@ -9,7 +10,8 @@ DIR is a model directory (``wsol_model.json`` + ``variables/``, written by
 else the model family's (``maps.compute.default_kind``). Images are read with PIL (-> RGB), resized to the
 model's input size (PIL bilinear, as the official test transforms) and normalised with
 the model's mean/std; maps are computed in jit-compiled batches (the last batch is
-padded, so it compiles once). Per image OUT gets:
+padded, so it compiles once), in chunks where a batch needs more than
+``--maps-memory-mb`` per device (``wsol_jax.maps.budget``; 0 = automatic). Per image OUT gets:
 
 * ``<name>.npy``: the raw map (h, w) float32 on the feature grid;
 * ``<name>.png``: the heatmap (upsampled to the ORIGINAL image size with the method's
@@ -38,9 +40,9 @@ import tqdm
 from PIL import Image
 
 from wsol_jax import files, viz
-from wsol_jax.maps import postprocess
+from wsol_jax.maps import budget, postprocess
 # Names from the submodule: the package binds ``compute`` to the function.
-from wsol_jax.maps.compute import KINDS, default_kind, jitted, upsample_method
+from wsol_jax.maps.compute import KINDS, compute, default_kind, jitted, upsample_method
 from wsol_jax.models import pretrained
 from wsol_jax.runtime import Runtime
 
@@ -76,10 +78,11 @@ def kind_for(meta: dict[str, Any], model: Any) -> str:
 
 
 def build_explainer(model_dir: str | os.PathLike, kind: str | None = None,
-                    runtime: Runtime | None = None) -> Explainer:
+                    runtime: Runtime | None = None, memory_mb: float = 0) -> Explainer:
   """Loads a model directory and compiles ``kind``'s maps (uint8 NHWC in, raw maps out).
 
   ``runtime``: the injected implementations (``wsol_jax.cpu.install``); default plain XLA.
+  ``memory_mb``: the per-device memory budget of the maps (``budget.Budgeted``; 0 = automatic).
   """
   variables, meta = pretrained.load_pretrained(model_dir)
   runtime = runtime if runtime is not None else Runtime()
@@ -88,16 +91,16 @@ def build_explainer(model_dir: str | os.PathLike, kind: str | None = None,
       meta, **runtime.model_overrides(registry.family_class(meta["family"])))
   kind = kind or kind_for(meta, model)
   mean, std = meta["mean"], meta["std"]
-  maps_fn = jitted(model, (kind,))  # validates the kind against the model
+  jitted(model, (kind,))  # validates the kind against the model (compiles nothing)
 
-  @jax.jit
   def fn(v: Any, images: jax.Array, targets: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-    out, logits = maps_fn(v, postprocess.normalize_images(images, mean, std), targets)
+    out, logits = compute(model, v, postprocess.normalize_images(images, mean, std), (kind,),
+                          targets)
     return out[kind], logits
 
   variables = jax.tree_util.tree_map(jnp.asarray, variables)
   size = int(meta.get("image_size") or meta["kwargs"].get("img_size", 224))
-  return Explainer(meta, variables, kind, size, fn)
+  return Explainer(meta, variables, kind, size, budget.Budgeted(fn, memory_mb))
 
 
 def load_image(path: str | os.PathLike, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -219,9 +222,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   from wsol_jax import cpu
   parser.add_argument("--cpu-tuning", choices=cpu.SETTINGS, default="auto",
                       help="XLA:CPU tuning (wsol_jax.cpu; as config.cpu_tuning)")
+  parser.add_argument("--maps-memory-mb", type=float, default=0.0,
+                      help="per-device memory budget of the maps in MiB (0 = automatic); a batch "
+                           "that needs more is computed in chunks (as config.eval.maps_memory_mb)")
   args = parser.parse_args(argv)
   if args.batch_size < 1:
     parser.error("--batch-size must be >= 1")
+  if args.maps_memory_mb < 0:
+    parser.error(f"--maps-memory-mb must be >= 0 (0 = automatic), got {args.maps_memory_mb}")
   if not 0.0 <= args.threshold <= 1.0:
     parser.error(f"--threshold is a score-map threshold in [0, 1], got {args.threshold}")
   return args
@@ -239,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   print(runtime.summary(), file=sys.stderr, flush=True)
   try:
-    explainer = build_explainer(args.checkpoint, args.kind, runtime)
+    explainer = build_explainer(args.checkpoint, args.kind, runtime, args.maps_memory_mb)
     done = explain(explainer, args.images, args.out, target=args.target,
                    batch_size=args.batch_size, threshold=args.threshold)
   except (FileNotFoundError, ValueError) as e:

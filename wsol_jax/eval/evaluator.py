@@ -6,7 +6,8 @@ so callers stay one line). One pass over a split:
 
 * device (jitted, sharded over the mesh): normalise images, the map for the ground-truth
   class (wsolevaluation's GT-known setting), resize to the eval image size with the method's
-  official interpolation and min-max per map; top-5 classes;
+  official interpolation and min-max per map; top-5 classes. Within ``eval.maps_memory_mb``
+  per device (``wsol_jax.maps.budget``): a batch that does not fit runs in chunks;
 * host: every metric is an accumulator with the interface of the papers' protocols
   (``wsol_jax.eval.protocols``): each batch becomes one ``BatchContext`` that every
   accumulator ``update``s from, and each yields its ``(name, value)`` pairs at the end. The
@@ -55,7 +56,7 @@ from wsol_jax.eval import iou as iou_lib
 from wsol_jax.eval import protocols as protocols_lib
 from wsol_jax.eval.box_accuracy import BoxAccuracy
 from wsol_jax.eval.pxap import PxAP
-from wsol_jax.maps import postprocess
+from wsol_jax.maps import budget, postprocess
 
 log = logging.getLogger("wsol_jax.eval")
 
@@ -247,7 +248,10 @@ class LocalizationEvaluator:
     self.map_size = (size, size) if isinstance(size, int) else tuple(size)
     self._normalize_images = functools.partial(postprocess.normalize_images,
                                                mean=tuple(mean), std=tuple(std))
-    self._predict = jax.jit(self._device_fn, static_argnames=("topk_maps",))
+    # Within eval.maps_memory_mb per device: a batch that does not fit runs in chunks.
+    memory_mb = float(eval_config.maps_memory_mb)
+    self._predict = {topk: budget.Budgeted(functools.partial(self._device_fn, topk_maps=topk),
+                                           memory_mb) for topk in (False, True)}
     self._normalize = jax.jit(self._normalize_images)
     self._logits = jax.jit(predict_fn)
 
@@ -273,7 +277,7 @@ class LocalizationEvaluator:
     pending = None
     for batch in self.iterator:
       arrays = sharding.global_batch({"image": batch["image"], "label": batch["label"]}, self.mesh)
-      out = self._predict(variables, arrays["image"], arrays["label"], topk_maps=topk_maps)
+      out = self._predict[topk_maps](variables, arrays["image"], arrays["label"])
       if pending is not None:
         yield self._context(*pending)
       pending = (batch, out, arrays)
@@ -384,8 +388,8 @@ class LocalizationEvaluator:
       index = int(per_image.index[r])
       record = source[index]
       row = row_fn.map(record)
-      maps, _, _ = self._predict(variables, jnp.asarray(row["image"][None]),
-                                 jnp.asarray([int(row["label"])], jnp.int32))
+      maps, _, _ = self._predict[False](variables, jnp.asarray(row["image"][None]),
+                                        jnp.asarray([int(row["label"])], jnp.int32))
       image = np.asarray(record["image"])
       heat = postprocess.resize_and_normalize_host(np.asarray(maps[0]), image.shape[:2],
                                                    self.upsample)

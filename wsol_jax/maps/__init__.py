@@ -7,7 +7,8 @@ High level (model, variables, NHWC normalised images (B, H, W, 3)) -> ``(maps, l
 * ``agcam(model, variables, images, targets=None, stop_gradient=True)``: AG-CAM.
 * ``cam(model, variables, images, targets=None)``: wsolevaluation CAM of a ResNet.
 * ``compute(model, variables, images, kinds, targets=None)``: several kinds from shared
-  passes -> ({kind: (B, h, w)}, logits); ``jitted(model, kinds)`` compiles it.
+  passes -> ({kind: (B, h, w)}, logits); ``jitted(model, kinds, memory_mb=0)`` compiles it
+  within a per-device memory budget (``budget.Budgeted``: chunks of the batch where needed).
 
 Raw maps live on the feature grid (h, w); ``to_image_size(raw, (H, W), kind)`` applies the
 official resize + min-max (``resize_and_normalize_host``: one map at any size, with OpenCV on

@@ -3,7 +3,8 @@
 Passes over the batch (each at most one forward + one backward):
 
 * plain autograd (``gar``, ``lrp``'s gradients, ``agcam_nostopgrad``): full (N, N)
-  attention gradients when GAR or LRP is asked for, else class rows only;
+  attention gradients when GAR or LRP is asked for, else class rows only; with LRP its
+  forward also records the layer inputs/outputs the relevance propagation reads;
 * stop-gradient (``agcam``): the official AG-CAM backward, class rows only;
 * forward-only kinds (``rollout``, ``rollout_half``, ``tscam``, ``scm``) ride on the
   first pass (the forward values do not depend on the stop-gradient); alone they
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 
 # Names are imported from the submodules: the package re-binds ``rollout``, ``agcam`` and
 # ``cam`` to the functions of the same name.
-from wsol_jax.maps import attention, lrp, postprocess, semantic
+from wsol_jax.maps import attention, budget, lrp, postprocess, semantic
 from wsol_jax.maps.agcam import agcam_from_rows
 from wsol_jax.maps.cam import cam
 from wsol_jax.maps.rollout import attention_rollout, gradient_rollout
@@ -142,8 +143,11 @@ def _vit_maps(model: nn.Module, variables: Any, images: jax.Array, kinds: tuple[
   stopped_capture = tuple(sorted({c for s in specs.values() if s.backward == "stop_gradient"
                                   for c in s.capture}))
 
-  plain = stop = None
-  if plain_rows is not None or not stopped:
+  plain = stop = record = None
+  if "lrp" in specs:  # the plain pass's forward also records the layers LRP propagates through
+    plain, record = lrp.recorded_pass(model, variables, images, targets, forward_capture)
+    targets = plain.targets
+  elif plain_rows is not None or not stopped:
     plain = attention.attention_pass(model, variables, images, targets, capture=forward_capture,
                                      grad_rows=plain_rows)
     targets = plain.targets
@@ -175,8 +179,9 @@ def _vit_maps(model: nn.Module, variables: Any, images: jax.Array, kinds: tuple[
       out[name] = semantic.select_class(fn(aux["attn_cls"], aux["semantic"]), targets)
       continue
     elif name == "lrp":
-      out[name] = lrp.transformer_attribution(
-          model, variables, images, targets, attn_grads=plain.grads, start_layer=lrp_start_layer)
+      relevance = lrp.relevance_from_record(model, variables, record, targets, logits.shape[-1],
+                                            lrp_start_layer)
+      out[name] = lrp.attribution_from_relevance(plain.grads, relevance, (h, w), lrp_start_layer)
       continue
     else:  # pragma: no cover - KINDS and this dispatch are kept in sync
       raise AssertionError(name)
@@ -220,12 +225,16 @@ def compute(model: nn.Module, variables: Any, images: jax.Array, kinds: Sequence
   return _vit_maps(model, variables, images, kinds, targets, start_layer, lrp_start_layer)
 
 
-def jitted(model: nn.Module, kinds: Sequence[str], **options: Any
+def jitted(model: nn.Module, kinds: Sequence[str], *, memory_mb: float = 0, **options: Any
            ) -> Callable[..., tuple[dict[str, jax.Array], jax.Array]]:
-  """``compute`` for a fixed model and kinds, jit-compiled: ``fn(variables, images, targets=None)``."""
+  """``compute`` for a fixed model and kinds, jit-compiled: ``fn(variables, images, targets=None)``.
+
+  ``memory_mb``: the per-device memory budget (``budget.Budgeted``; 0 = automatic): a batch
+  that does not fit is computed in chunks.
+  """
   kinds = _check_kinds(model, kinds)
 
   def fn(variables: Any, images: jax.Array, targets: jax.Array | None = None):
     return compute(model, variables, images, kinds, targets, **options)
 
-  return jax.jit(fn)
+  return budget.Budgeted(fn, memory_mb)

@@ -9,7 +9,7 @@ rules of :mod:`wsol_jax.maps.lrp_rules` (spec methods.md §4):
    second model;
 2. ``∂y_target/∂A_l`` for every block from the same forward, by ``jax.vjp`` with
    respect to the model's ``attn_delta`` and a one-hot cotangent (one backward for
-   the whole batch);
+   the whole batch; ``recorded_pass``, which ``maps.compute`` also uses for GAR);
 3. relevance propagation from the one-hot of the target (α = 1): head Linear →
    cls select → final LayerNorm (identity) → blocks L..1, each
    add₂ → fc2 → GELU → fc1 → norm2 → clone₂ → add₁ → proj → A·V (/2) → softmax →
@@ -29,13 +29,15 @@ eval mode and is treated as such.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from wsol_jax.maps import lrp_rules as rules
+from wsol_jax.maps.attention import AttentionPass
+from wsol_jax.maps.targets import resolve_targets
 from wsol_jax.models.vit import VisionTransformer
 
 
@@ -68,12 +70,14 @@ def _check_model(model: nn.Module) -> None:
 
 
 def _recorded_forward(model: nn.Module, variables: Any, images: jax.Array,
-                      attn_delta: jax.Array | None) -> tuple[jax.Array, dict[str, Any]]:
+                      attn_delta: jax.Array | None, capture: Sequence[str] = ()
+                      ) -> tuple[jax.Array, tuple[dict[str, Any], dict[str, jax.Array]]]:
   """Eval-mode ``model.apply`` that also returns every layer input/output the LRP needs.
 
   Returns:
-    logits (B, C) and ``{'blocks': [dict per block], 'norm': (x, y), 'head': (x, y)}``
-    with each block dict mapping part name -> (first positional input, output).
+    logits (B, C) and (record, the model's captures ``aux``); the record is
+    ``{'blocks': [dict per block], 'norm': (x, y), 'head': (x, y)}`` with each block dict
+    mapping part name -> (first positional input, output).
   """
   blocks: list[dict[str, Any]] = [{} for _ in range(model.depth)]
   record: dict[str, Any] = {"blocks": blocks}
@@ -92,15 +96,39 @@ def _recorded_forward(model: nn.Module, variables: Any, images: jax.Array,
     return out
 
   with nn.intercept_methods(interceptor):
-    logits, _ = model.apply(variables, images, train=False, attn_delta=attn_delta,
-                            capture=("attn",))  # the rules read the probabilities
+    # 'attn' makes the blocks keep their probabilities (the rules read them); it leaves aux
+    # unless the caller asked for it.
+    logits, aux = model.apply(variables, images, train=False, attn_delta=attn_delta,
+                              capture=tuple(dict.fromkeys(("attn", *capture))))
+    aux = {k: v for k, v in aux.items() if k in capture}
   missing = [f"blocks_{i}/{part}" for i, blk in enumerate(blocks) for part in _BLOCK_PARTS.values()
              if part not in blk] + [k for k in ("norm", "head") if k not in record]
   if missing:
     raise ValueError(f"the model's forward did not call these layers LRP needs: {missing}")
   # Relevance is propagated in float32 at least (the 1e-9 stabiliser is meaningless in bf16).
   record = jax.tree.map(lambda a: a.astype(jnp.promote_types(a.dtype, jnp.float32)), record)
-  return logits, record
+  return logits, (record, aux)
+
+
+def recorded_pass(model: nn.Module, variables: Any, images: jax.Array,
+                  targets: jax.Array | None = None, capture: Sequence[str] = ()
+                  ) -> tuple[AttentionPass, dict[str, Any]]:
+  """The plain attention pass (all gradient rows) of ``attention.attention_pass`` whose
+  forward also records what the relevance propagation reads: one forward and one backward
+  serve both the gradient maps and LRP.
+
+  Returns:
+    (AttentionPass(logits, targets, aux, grads (L, B, H, N, N)), record).
+  """
+  _check_model(model)
+  gh, gw = model.grid_shape(images.shape[1], images.shape[2])
+  n = gh * gw + 1
+  delta = jnp.zeros((model.depth, images.shape[0], model.num_heads, n, n), jnp.float32)
+  logits, vjp, (record, aux) = jax.vjp(
+      lambda dl: _recorded_forward(model, variables, images, dl, capture), delta, has_aux=True)
+  targets = resolve_targets(logits, targets)
+  (grads,) = vjp(jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype))
+  return AttentionPass(logits, targets, aux, grads), record
 
 
 def _block_relprop(params: dict[str, Any], rec: dict[str, Any], r: jax.Array,
@@ -170,26 +198,30 @@ def attention_relevance(model: nn.Module, variables: Any, images: jax.Array,
     :class:`LRPRelevance`.
   """
   _check_model(model)
+  _check_start_layer(model, start_layer)
+  if attn_grads is None:
+    p, record = recorded_pass(model, variables, images, targets)
+    logits, targets, attn_grads = p.logits, p.targets, p.grads
+  else:
+    logits, (record, _) = _recorded_forward(model, variables, images, None)
+    targets = resolve_targets(logits, targets)
+  relevance = relevance_from_record(model, variables, record, targets, logits.shape[-1], start_layer)
+  return LRPRelevance(logits, targets, relevance, attn_grads)
+
+
+def _check_start_layer(model: nn.Module, start_layer: int) -> None:
   if not 0 <= start_layer < model.depth:
     raise ValueError(f"start_layer must be in [0, {model.depth}), got {start_layer}")
-  b = images.shape[0]
-  if attn_grads is None:
-    gh, gw = model.grid_shape(images.shape[1], images.shape[2])
-    n = gh * gw + 1
-    delta = jnp.zeros((model.depth, b, model.num_heads, n, n), jnp.float32)
-    logits, vjp, record = jax.vjp(
-        lambda dl: _recorded_forward(model, variables, images, dl), delta, has_aux=True)
-  else:
-    logits, record = _recorded_forward(model, variables, images, None)
-  if targets is None:
-    targets = jnp.argmax(logits, axis=-1)
-  targets = jnp.asarray(targets, jnp.int32)
-  one_hot = _one_hot(targets, logits.shape[-1], logits.dtype)
-  if attn_grads is None:
-    (attn_grads,) = vjp(one_hot)
 
-  params = variables["params"]
+
+def relevance_from_record(model: nn.Module, variables: Any, record: dict[str, Any],
+                          targets: jax.Array, num_classes: int, start_layer: int = 0) -> jax.Array:
+  """``R^A_l`` (L, B, H, N, N) from a recorded forward (``recorded_pass``); zeros below
+  ``start_layer``."""
+  _check_start_layer(model, start_layer)
   pooled, _ = record["head"]
+  one_hot = _one_hot(targets, num_classes, pooled.dtype)
+  params = variables["params"]
   xn, _ = record["norm"]
   r = rules.linear_rule(pooled, params["head"]["kernel"], one_hot)
   r = rules.select_rule(xn, r)          # final LayerNorm: identity
@@ -200,7 +232,7 @@ def attention_relevance(model: nn.Module, variables: Any, images: jax.Array,
   relevances = relevances[::-1]
   if start_layer:
     relevances = [jnp.zeros_like(relevances[0])] * start_layer + relevances
-  return LRPRelevance(logits, targets, jnp.stack(relevances), attn_grads)
+  return jnp.stack(relevances)
 
 
 def rollout_without_normalization(cams: jax.Array, start_layer: int = 0) -> jax.Array:
