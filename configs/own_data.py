@@ -46,6 +46,7 @@ from wsol_jax.data import config as data_config
 METHODS = ("cam", "rfga", "tscam", "scm", "vitol", "agcam")
 # The variants ``get_config(arg)`` accepts (``--config configs/own_data.py:a,b``).
 VARIANTS = METHODS
+DEFAULT_VARIANT = "cam"  # no variant: the same config as ':cam'
 
 
 def _recipe(method):
@@ -61,7 +62,7 @@ def get_config(arg=None):
   if len(variants) > 1:
     raise config_lib.ConfigError(f"configs/own_data.py:<method> takes one method of "
                                  f"{', '.join(METHODS)}, got {arg!r}")
-  method = next(iter(variants), "cam")
+  method = next(iter(variants), DEFAULT_VARIANT)
   c = _recipe(method)
   c.data.name = "wsol_metadata"
   c.data.metadata = data_config.default_data_config().metadata  # dataset='': from the data

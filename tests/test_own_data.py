@@ -211,9 +211,8 @@ def test_own_data_config_trains_and_evaluates(data, tmp_path, method, capfd):
       f"--config.data.metadata.image_root={data / 'images'}",
       "--config.training.batch_size=8", "--config.training.total_steps=3",
       "--config.eval.batch_size=8", "--config.eval.num_overlays=1",
-      "--config.checkpoint.every_steps=3"]
-  if method == "tscam":
-    overrides.append("--config.data.image_size=32")  # the tiny ViT's size; cam derives 128
+      "--config.checkpoint.every_steps=3",
+      "--config.data.image_size=32"]  # the derived 128 px is checked above, and is slower
   config = str(ROOT / f"configs/own_data.py:{method}")
   assert train_cli.main(["--config", config, "--workdir", str(workdir)] + overrides) == 0
   log = (workdir / "train.log").read_text()
@@ -221,7 +220,8 @@ def test_own_data_config_trains_and_evaluates(data, tmp_path, method, capfd):
   assert "data.max_boxes=0 -> 2" in log and "more than max_boxes" not in log
   stored = json.loads((workdir / "config.json").read_text())
   assert stored["model"]["num_classes"] == 3
-  assert stored["data"]["image_size"] == (128 if method == "cam" else 32)
+  assert stored["data"]["image_size"] == 32 and stored["data"]["resize_size"] == 37
+  assert stored["training"]["total_steps"] == 3
   results = json.loads((workdir / "results.json").read_text())
   assert results["final_step"] == 3 and "pxap" in results["test"]
   capfd.readouterr()
