@@ -2,7 +2,6 @@
 the class-folder layout (``class_folders``) and ``configs/own_data.py`` end to end."""
 import json
 import logging
-import os
 import pathlib
 
 import numpy as np

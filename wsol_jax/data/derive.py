@@ -119,6 +119,9 @@ def _load(key: tuple) -> tuple[dict[str, wsol_metadata.SplitMetadata], DataFacts
     layout, root = "class folders", image_root
     metas = class_folders.read_class_folders(image_root, boxes_file, fractions=fractions,
                                              seed=seed, clip_boxes=clip)
+  if splits[0] not in metas:
+    raise wsol_metadata.MetadataNotFoundError(
+        f"{root}: no training split {splits[0]!r} (splits: {', '.join(metas) or 'none'})")
   labels_file = (os.path.join(metadata_dir, "<split>", "class_labels.txt") if metadata_dir
                  else f"the class sub-folders of {image_root}")
   labels = sorted({v for m in metas.values() for v in m.labels.values()})
