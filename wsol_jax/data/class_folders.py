@@ -180,6 +180,7 @@ def read_class_folders(root: str, boxes_file: str = "", *, fractions=(0.8, 0.1, 
                 unreadable[0])
   if "train" not in out:
     raise MetadataError(f"{path}: no training images (every image is in val/test)")
+  out = {s: out[s] for s in SPLITS if s in out}
   log.info("%s: %d classes, %s images (%s)", root, len(classes),
            "/".join(str(len(out[s].image_ids)) for s in SPLITS if s in out),
            "/".join(s for s in SPLITS if s in out))

@@ -62,8 +62,10 @@ class DataFacts:
   median_side: int              # median of (W + H) / 2 over the training images
 
   def describe(self) -> str:
-    masks = ("; ".join(f"{s} from {w}" for s, w in self.masks.items()) if self.masks
-             else "none")
+    by_source: dict[str, list[str]] = {}
+    for split, where in self.masks.items():
+      by_source.setdefault(where, []).append(split)
+    masks = "; ".join(f"{'/'.join(s)} from {w}" for w, s in by_source.items()) or "none"
     images = ", ".join(f"{s} {n}" for s, n in self.num_images.items())
     return (f"data ({self.layout}, {self.root}): {self.num_classes} classes, up to "
             f"{self.max_boxes} box(es) per image, images {images}, median side "
