@@ -245,3 +245,19 @@ def test_a_mask_folder_missing_images_of_a_split_is_reported_and_not_used(data, 
   assert len(warned) == 1 and "1 of 6 test images have no mask" in warned[0]
   assert not sources.make_source(cfg, "test").has_masks
   assert sources.make_source(cfg, "val").has_masks
+
+
+def test_without_val_and_test_splits_the_run_keeps_the_last_checkpoint_and_skips_the_test(
+    data, tmp_path):
+  rows = (data / "images" / "boxes.csv").read_text().splitlines()
+  no_split = tmp_path / "boxes.csv"
+  no_split.write_text("\n".join(r.rsplit(",", 1)[0] for r in rows) + "\n")  # header too
+  cfg = config_lib.load(str(ROOT / "configs/own_data.py:tscam"),
+                        [f"data.metadata.image_root={data / 'images'}",
+                         f"data.metadata.boxes_file={no_split}",
+                         "data.metadata.split_fractions=(1.0, 0.0, 0.0)",
+                         "training.batch_size=8"])
+  resolved, lines = derive.resolve_config(cfg)
+  assert derive.data_facts(resolved.data).num_images == {"train": 30}
+  assert resolved.eval.select_split == "" and resolved.data.test_split == ""
+  assert any("no 'val' split" in line for line in lines)
