@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 26
   c.model = _cd(
       name="deit_small_patch16_224",
-      num_classes=200,
+      num_classes=200,      # 0 = from the data (wsol_jax.data.derive)
       pretrained="",        # a weights_convert directory ("" = random init)
       kwargs=_cd(),         # model constructor overrides, e.g. depth=4
       drop_path_rate=None,  # None = the method's (TS-CAM/SCM 0.1, others 0.0)
@@ -71,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.training = _cd(
       batch_size=128,
       num_epochs=60,
-      total_steps=0,        # > 0 overrides num_epochs
+      total_steps=0,        # > 0 overrides num_epochs; -1 = from the data (wsol_jax.data.derive)
       log_every_steps=20,
   )
   c.eval = _cd(

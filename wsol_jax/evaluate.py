@@ -46,7 +46,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   from wsol_jax.runtime import enable_compilation_cache
   enable_compilation_cache(str(config.compilation_cache_dir))
   from wsol_jax.eval import evaluator as evaluator_lib
+  from wsol_jax import data as data_lib
   reporting.setup_logging()
+  try:
+    config, derived = data_lib.resolve_config(config)  # "0 = from the data" keys
+    for line in derived:
+      print(line, file=sys.stderr, flush=True)
+  except config_lib.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except (data_lib.MetadataError, data_lib.MetadataNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   try:
     variables, meta, where = checkpoint.load_variables(checkpoint_dir)
     method = methods.get_method(config, runtime)

@@ -277,10 +277,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if size <= 0 or size % n_dev:
       raise config_lib.ConfigError(f"{key}={size} must be a positive multiple of the {n_dev} "
                                    f"devices; e.g. {max(n_dev, size // n_dev * n_dev)}")
+  # "0 = from the data" keys (model.num_classes, sizes, length) before anything is built.
+  config, derived = data_lib.resolve_config(config)
   config_dict = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as stored
   changes = _check_resume_config(workdir, config_dict) if workdir.is_dir() else {}
   workdir.mkdir(parents=True, exist_ok=True)
   reporting.setup_logging(workdir)
+  for line in derived:
+    log.info("%s", line)
   cache = enable_compilation_cache(str(config.compilation_cache_dir))
   method = methods_lib.get_method(config, runtime)
   ran = {**method.runtime.describe(), "compilation_cache": cache or "off"}
@@ -295,8 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # the run now, not after training. (The selection split's is read below.)
     data_lib.make_source(config.data, config.data.test_split)
   if train_iter.num_classes != method.num_classes:
-    raise ValueError(f"model.num_classes={method.num_classes} but the dataset "
-                     f"{config.data.name!r} has {train_iter.num_classes} classes")
+    raise data_lib.class_count_error(method.num_classes, train_iter.num_classes,
+                                     f"data.name={config.data.name!r}")
   steps_per_epoch, num_epochs, total_steps = _schedule_length(config, len(train_iter.source))
   schedule = optim.make_schedule(config, steps_per_epoch, num_epochs)
   writer = reporting.MetricWriter(workdir)

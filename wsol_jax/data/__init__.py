@@ -11,6 +11,9 @@ Modules (one job each):
   synthetic        the wsol_synthetic TFDS builder and ensure_synthetic_dataset.
   transforms       grain transforms (train augmentation, eval rows, skip counting).
   config           the data ConfigDict and its documented fields.
+  class_folders    class sub-folders plus boxes.csv, read as wsolevaluation metadata.
+  derive           what a dataset without a preset determines (classes, boxes, masks,
+                   sizes) and the "0 = from the data" config keys.
   sources          make_source / dataset_info from a config.
   pipeline         build_train_iterator / build_eval_iterator.
 
@@ -43,6 +46,10 @@ _EXPORTS = {
     "MetadataError": "wsol_metadata",
     "MetadataNotFoundError": "wsol_metadata",
     "UnreadableDataError": "records",
+    "DataFacts": "derive",
+    "data_facts": "derive",
+    "resolve_config": "derive",
+    "class_count_error": "derive",
     "VocFolderSource": "voc",
     "VocTfdsSource": "voc",
     "VocAnnotationError": "voc",

@@ -14,12 +14,15 @@ Fields of ``cfg_data`` (``default_data_config()``; '' / 0 mean "dataset default"
                  (CUBV2 for CUB, ImageNetV2 for ILSVRC); CUB/Dogs on TFDS have none ('').
   test_split     evaluation split ('test'; VOC 2012 has no annotated test set: its val is
                  'val' in the folder, 'validation' on TFDS).
-  image_size     train crop and eval resize, int or (h, w) (224; e.g. 64 for the demo).
-  resize_size    train resize before the random crop, int or (h, w) (256; e.g. 72).
+  image_size     train crop and eval resize, int or (h, w) (224; e.g. 64 for the demo;
+                 0 = from the data's median image side, ``derive``).
+  resize_size    train resize before the random crop, int or (h, w) (256; e.g. 72;
+                 0 = image_size x 8/7).
   random_flip    random horizontal flip in training (True).
   max_boxes      G, boxes per eval row (0 = default: 1 for CUB/synthetic/OpenImages,
-                 16 for Stanford Dogs, 20 for ILSVRC, 64 for VOC). Images with more boxes
-                 keep the first G and log a warning.
+                 16 for Stanford Dogs, 20 for ILSVRC, 64 for VOC, the most boxes of an
+                 image for wsol_metadata without a preset). Images with more boxes keep the
+                 first G and log a warning.
   train_boxes    also yield padded 'boxes' in training batches (False).
   use_masks      deliver masks in eval batches when the dataset has them (True).
   mask_threshold TFDS masks: value above which a pixel is object (127).
@@ -31,13 +34,20 @@ Fields of ``cfg_data`` (``default_data_config()``; '' / 0 mean "dataset default"
   worker_buffer_size  batches each worker prepares ahead (2).
   read_threads   grain reader threads per process (8).
   read_prefetch  records read ahead per process (128).
-  metadata       for name='wsol_metadata':
-    dataset        'CUB' | 'ILSVRC' | 'OpenImages' (class count and max_boxes default).
-    metadata_dir   e.g. 'wsolevaluation/metadata/CUB' (holds train/ val/ test/).
+  metadata       for name='wsol_metadata' (your own data: ``wsol_jax.data.derive``):
+    dataset        'CUB' | 'ILSVRC' | 'OpenImages': a preset (class count, max_boxes);
+                   '' (default) = derive classes, max_boxes and masks from the data.
+    metadata_dir   e.g. 'wsolevaluation/metadata/CUB' (holds train/ val/ test/); '' with
+                   dataset='' = class sub-folders of image_root plus a boxes file.
     image_root     e.g. 'dataset/CUB'.
     val_image_root images of the val split when kept elsewhere (e.g. CUBV2; '' = image_root).
-    mask_root      e.g. 'dataset/OpenImages' ('' = image_root).
-    num_classes    0 = by dataset.
+    mask_root      e.g. 'dataset/OpenImages' ('' = image_root); with dataset='' its mask/
+                   folder (mask/<image id without extension>.png) gives box datasets masks.
+    num_classes    0 = by dataset (dataset='': max label + 1 over the splits).
+    boxes_file     class sub-folders: '' = <image_root>/boxes.csv, rows
+                   'relative_path,x0,y0,x1,y1[,split]' (``wsol_jax.data.class_folders``).
+    split_fractions  class sub-folders without a split column: (train, val, test) shares
+                   of each class ((0.8, 0.1, 0.1)), shuffled by split_seed (0).
     clip_boxes     clip boxes that leave their image (counted and logged) instead of
                    failing on them (False). Every split's metadata is validated before
                    the first training step (ids, labels, sizes, boxes; file:line).
@@ -100,8 +110,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   cfg.read_threads = 8
   cfg.read_prefetch = 128
   cfg.metadata = ml_collections.ConfigDict(dict(
-      dataset="CUB", metadata_dir="", image_root="", val_image_root="", mask_root="",
-      num_classes=0, clip_boxes=False))
+      dataset="", metadata_dir="", image_root="", val_image_root="", mask_root="",
+      num_classes=0, clip_boxes=False, boxes_file="", split_fractions=(0.8, 0.1, 0.1),
+      split_seed=0))
   cfg.voc = ml_collections.ConfigDict(dict(
       root="", single_class=True, difficult_labels=False, difficult_boxes=True,
       truncated_boxes=True, clip_boxes=False))
@@ -161,6 +172,9 @@ def resolve_max_boxes(cfg: Any) -> int:
   if int(cfg.max_boxes) > 0:
     return int(cfg.max_boxes)
   if cfg.name == "wsol_metadata":
+    if not cfg.metadata.dataset:
+      from wsol_jax.data import derive  # reads the data: imported only here
+      return derive.data_facts(cfg).max_boxes
     return _METADATA_MAX_BOXES.get(cfg.metadata.dataset, 20)
   return _MAX_BOXES.get(cfg.name, 16)
 

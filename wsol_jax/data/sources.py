@@ -70,9 +70,16 @@ def make_source(cfg: Any, split: str) -> Source:
     image_root = m.image_root
     if m.val_image_root and split == config_lib.resolve_split(cfg, "val"):
       image_root = m.val_image_root
+    if not m.dataset:  # no preset: the data's own facts (one parse per process)
+      from wsol_jax.data import derive
+      facts = derive.data_facts(cfg)
+      return wsol_metadata.WsolMetadataSource(
+          m.metadata_dir or m.image_root, split, image_root, mask_root=m.mask_root or None,
+          num_classes=facts.num_classes, use_masks=use_masks,
+          meta=derive.split_metadata(cfg, split))
     return wsol_metadata.WsolMetadataSource(
         m.metadata_dir, split, image_root, mask_root=m.mask_root or None,
-        dataset=m.dataset or None, num_classes=m.num_classes or None,
+        dataset=m.dataset, num_classes=m.num_classes or None,
         use_masks=use_masks, clip_boxes=bool(m.clip_boxes))
   if cfg.name == "voc":
     return voc.VocFolderSource(cfg.voc.root, split, voc.VocOptions.from_config(cfg.voc))

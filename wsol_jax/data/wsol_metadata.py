@@ -209,7 +209,7 @@ class WsolMetadataSource:
   def __init__(self, metadata_dir: str, split: str, image_root: str | Mapping[str, str], *,
                mask_root: str | None = None, dataset: str | None = None,
                num_classes: int | None = None, use_masks: bool = True,
-               clip_boxes: bool = False):
+               clip_boxes: bool = False, meta: SplitMetadata | None = None):
     """Reads ``<metadata_dir>/<split>/*.txt``.
 
     Args:
@@ -223,9 +223,11 @@ class WsolMetadataSource:
       num_classes: overrides the class count (default: by dataset, else max label + 1).
       use_masks: deliver OpenImages masks as the record 'mask'.
       clip_boxes: clip boxes that leave their image (counted, logged) instead of failing.
+      meta: the split's metadata, already parsed (``derive``: also the class-folder
+        layout, whose ``metadata_dir`` is then its image root); the files are not read.
     """
     split_dir = os.path.join(metadata_dir, split)
-    if not os.path.isdir(split_dir):
+    if meta is None and not os.path.isdir(split_dir):
       raise MetadataNotFoundError(f"wsolevaluation metadata not found: {split_dir} is not a "
                                   f"folder. {_HINT}")
     # A mapping split -> folder (dict or ConfigDict) or one folder for all splits.
@@ -237,7 +239,7 @@ class WsolMetadataSource:
     self.split = split
     self.image_root = root
     self.mask_root = mask_root or root
-    self._meta = read_split_metadata(split_dir, clip_boxes)
+    self._meta = meta if meta is not None else read_split_metadata(split_dir, clip_boxes)
     if self._meta.clipped_boxes:
       log.warning("%s/localization.txt: %d box(es) left their image and were clipped "
                   "(data.metadata.clip_boxes)", split_dir, self._meta.clipped_boxes)
