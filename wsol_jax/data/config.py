@@ -79,7 +79,8 @@ from wsol_jax.data import fractal, synthetic_render
 NAMES = ("synthetic", "cub", "stanford_dogs", "wsol_metadata", "voc", "voc_tfds", "fractal")
 
 # VOC 2012 has crowds of one class (dozens of people) in single-class images.
-_MAX_BOXES = {"synthetic": 1, "fractal": 1, "cub": 1, "stanford_dogs": 16, "voc": 64, "voc_tfds": 64}
+_MAX_BOXES = {"synthetic": 1, "fractal": 1, "cub": 1, "stanford_dogs": 16, "voc": 64,
+              "voc_tfds": 64}
 _METADATA_MAX_BOXES = {"CUB": 1, "ILSVRC": 20, "OpenImages": 1}
 
 
