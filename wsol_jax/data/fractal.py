@@ -6,10 +6,11 @@ Two families of categories, each a formula sampled from ``(seed, category)``:
   random affine maps ``x -> A_i x + t_i`` drawn by the chaos game (map ``i`` picked with
   probability proportional to ``|det A_i|``). The maps are sampled by their singular values
   so that the system's σ-factor ``Σ_i (s1_i + 2 s2_i)`` lies in the band ``[(5 + N) / 2,
-  (6 + N) / 2]`` (Anderson & Farrell's reading of FractalDB's filter: a narrower band keeps
-  fractals neither dust nor noise), every map contractive (``s1 < 1``), rotations and a
-  reflection random; systems whose attractor fills less than ``fill_min`` of its bounding
-  box (FractalDB's filling-rate filter) are drawn again.
+  (6 + N) / 2]`` (the σ-factor filter of Anderson & Farrell, "Improving Fractal
+  Pre-training", WACV 2022, which keeps FractalDB-style systems from collapsing to dust or
+  spreading to noise), every map contractive (``s1 < 1``), rotations and a reflection random;
+  a system whose attractor fills less than ``fill_min`` of its bounding box (FractalDB's own
+  filling-rate filter) is drawn again (up to ``_MAX_TRIES`` times).
 * ``'contour'`` — RCDB (Kataoka et al., CVPR 2022): 1–6 concentric closed contours of a
   polygon with 3–20 vertices whose radii carry a category-fixed noise.
 
@@ -25,7 +26,8 @@ parallel); rendering is on the fly, record ``i`` of a split is category ``i // p
 instance ``offset + i % per_class``, with train, val and test taking disjoint instance ranges
 of every category (val and test: held-out instances of the training categories).
 
-  python -m wsol_jax.data.fractal        # render rate (images/s, one core) and a contact sheet
+  python -m wsol_jax.data.fractal [sheet.png]   # render rate (images/s, one thread) [and a
+                                                # contact sheet of 16 categories]
 """
 from __future__ import annotations
 
