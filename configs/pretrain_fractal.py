@@ -22,16 +22,19 @@ Variants:
   smoke   with either model: the ``*_synthetic.py:smoke`` model shapes on a tiny fractal set, a few
           steps (tests).
 
-Budget: each run must finish in <= 90 minutes on 2 CPU cores. Timed on the project VM
-(2 cores shared with other agents' jobs, load average 6-8), under ``flock
-/tmp/wsol_heavy.lock``, with ``--config.training.total_steps=40``: steps 10-40 took
-0.77 s/step (vit, 83 img/s) and 0.75 s/step (resnet, 85 img/s), on-the-fly rendering
-included (~600 images/s on one thread: ``python -m wsol_jax.data.fractal``); one val
-evaluation (1,024 images, compilation included) ~16 s. Planned: 6,000 steps each (3 epochs
-of 2,000 steps, val top-1 after each), i.e. ~77 minutes at those contended rates plus
-< 1 minute of evaluation; a quiet machine is faster.
-Weights: not yet trained or shipped (the runs are scheduled for a later session), so no
-expected val top-1 is stated yet.
+Budget: each run must finish in <= 90 minutes on 2 CPU cores. Timed on the project VM (2
+cores shared with other agents' jobs) under ``flock /tmp/wsol_heavy.lock``, on-the-fly
+rendering included (250-800 images/s on one thread: ``python -m wsol_jax.data.fractal``):
+
+  --config.training.total_steps=40, load average 6-8:   vit 0.77 s/step, resnet 0.75 s/step
+  --config.training.total_steps=300, load average 4-6:  vit 0.31 s/step, resnet 0.42 s/step
+
+and one val evaluation (1,024 images, compilation included) takes 8-16 s. Planned: 6,000
+steps each (3 epochs of 2,000 steps, val top-1 after each): 31-42 minutes at the second
+rates, 77 at the slowest measured, plus < 1 minute of evaluation. In the 300-step runs the
+loss fell from 5.55 (chance, ln 256) to 4.69 (vit) / 4.80 (resnet), val top-1 1.8 / 2.6 %
+(chance 0.4 %). Weights: not yet trained or shipped (the runs are scheduled for a later
+session), so no expected val top-1 is stated yet.
 """
 from wsol_jax import config_lib
 
