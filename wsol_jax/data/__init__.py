@@ -9,6 +9,7 @@ Modules (one job each):
   voc              PASCAL VOC 2012 (VOCdevkit folder, TFDS voc/2012) in AG-CAM's protocol.
   synthetic_render drawing one synthetic image.
   synthetic        the wsol_synthetic TFDS builder and ensure_synthetic_dataset.
+  fractal          formula-driven images (IFS fractals, radial contours) rendered on the fly.
   transforms       grain transforms (train augmentation, eval rows, skip counting).
   config           the data ConfigDict and its documented fields.
   class_folders    class sub-folders plus boxes.csv, read as wsolevaluation metadata.
@@ -54,6 +55,8 @@ _EXPORTS = {
     "VocTfdsSource": "voc",
     "VocAnnotationError": "voc",
     "VocNotFoundError": "voc",
+    "FractalSource": "fractal",
+    "FractalParams": "fractal",
 }
 
 __all__ = sorted(_EXPORTS)

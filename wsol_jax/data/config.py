@@ -3,14 +3,15 @@
 Fields of ``cfg_data`` (``default_data_config()``; '' / 0 mean "dataset default"):
 
   name           'synthetic' | 'cub' | 'stanford_dogs' | 'wsol_metadata' | 'voc' (a VOCdevkit
-                 folder, ``voc.root``) | 'voc_tfds' (TFDS voc/2012).
+                 folder, ``voc.root``) | 'voc_tfds' (TFDS voc/2012) | 'fractal' (formula-driven
+                 images rendered on the fly, ``fractal``: pretraining without natural images).
   data_dir       TFDS data directory for 'synthetic', 'cub', 'stanford_dogs', 'voc_tfds'
                  ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).
   download       TFDS only: download and prepare a missing dataset (needs network
                  and TensorFlow). Default False: a missing dataset raises an error
                  that says how to get it.
   train_split    split for training ('train').
-  val_split      held-out model-selection split: synthetic 'val'; wsol_metadata 'val'
+  val_split      held-out model-selection split: synthetic and fractal 'val'; wsol_metadata 'val'
                  (CUBV2 for CUB, ImageNetV2 for ILSVRC); CUB/Dogs on TFDS have none ('').
   test_split     evaluation split ('test'; VOC 2012 has no annotated test set: its val is
                  'val' in the folder, 'validation' on TFDS).
@@ -70,6 +71,11 @@ Fields of ``cfg_data`` (``default_data_config()``; '' / 0 mean "dataset default"
     num_classes, num_train, num_val, num_test, seed, min_size, max_size,
     object_scale, aspect, rotation, texture_prob, clutter, noise_std, min_contrast,
     polarity.
+  fractal        for name='fractal' (see ``fractal.FractalParams``; splits 'train', 'val',
+                 'test' hold disjoint instances of the same categories):
+    num_classes, train_per_class, val_per_class, test_per_class, seed, min_size, max_size
+    (canvas side range), families ('ifs' FractalDB IFS fractals, 'contour' RCDB radial
+    contours), num_points, object_scale, jitter, fill_min.
 """
 from __future__ import annotations
 
@@ -78,12 +84,13 @@ from typing import Any
 
 import ml_collections
 
-from wsol_jax.data import synthetic_render
+from wsol_jax.data import fractal, synthetic_render
 
-NAMES = ("synthetic", "cub", "stanford_dogs", "wsol_metadata", "voc", "voc_tfds")
+NAMES = ("synthetic", "cub", "stanford_dogs", "wsol_metadata", "voc", "voc_tfds", "fractal")
 
 # VOC 2012 has crowds of one class (dozens of people) in single-class images.
-_MAX_BOXES = {"synthetic": 1, "cub": 1, "stanford_dogs": 16, "voc": 64, "voc_tfds": 64}
+_MAX_BOXES = {"synthetic": 1, "fractal": 1, "cub": 1, "stanford_dogs": 16, "voc": 64,
+              "voc_tfds": 64}
 _METADATA_MAX_BOXES = {"CUB": 1, "ILSVRC": 20, "OpenImages": 1}
 
 
@@ -120,6 +127,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   cfg.synthetic = ml_collections.ConfigDict(dict(
       generate=True, num_train=8000, num_val=300, num_test=600, seed=0,
       **dataclasses.asdict(render)))
+  cfg.fractal = ml_collections.ConfigDict(dataclasses.asdict(fractal.FractalParams()))
   return cfg
 
 
@@ -184,7 +192,7 @@ def resolve_split(cfg: Any, which: str) -> str:
   value = cfg[f"{which}_split"]
   if value:
     return value
-  if which == "val" and cfg.name in ("synthetic", "wsol_metadata"):
+  if which == "val" and cfg.name in ("synthetic", "wsol_metadata", "fractal"):
     return "val"
   return "" if which == "val" else which
 

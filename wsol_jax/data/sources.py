@@ -5,14 +5,14 @@ import dataclasses
 from typing import Any, Protocol
 
 from wsol_jax.data import config as config_lib
-from wsol_jax.data import records, synthetic, tfds_sources, voc, wsol_metadata
+from wsol_jax.data import fractal, records, synthetic, tfds_sources, voc, wsol_metadata
 
 _TFDS_NAMES = {"cub": tfds_sources.CUB, "stanford_dogs": tfds_sources.STANFORD_DOGS}
 
 
 class Source(Protocol):
   """What the pipelines need from a source (``TfdsSource``, ``WsolMetadataSource``,
-  ``voc.VocFolderSource``, ``voc.VocTfdsSource``)."""
+  ``voc.VocFolderSource``, ``voc.VocTfdsSource``, ``fractal.FractalSource``)."""
   num_classes: int
   class_names: list[str]
   has_masks: bool
@@ -61,6 +61,8 @@ def make_source(cfg: Any, split: str) -> Source:
     return tfds_sources.TfdsSource(name, split, data_dir, use_masks=use_masks,
                                    mask_threshold=cfg.mask_threshold,
                                    missing_hint=hint, builder_module=synthetic.__name__)
+  if cfg.name == "fractal":
+    return fractal.FractalSource(fractal.FractalParams.from_config(cfg.fractal), split)
   if cfg.name in _TFDS_NAMES:
     return tfds_sources.TfdsSource(_TFDS_NAMES[cfg.name], split, data_dir,
                                    download=bool(cfg.download), use_masks=use_masks,
