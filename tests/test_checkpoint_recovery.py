@@ -88,7 +88,8 @@ def test_resume_skips_a_damaged_latest_checkpoint_and_keeps_it_aside(tmp_path, d
   aside = workdir / ckpt_lib.UNRESTORABLE / "checkpoints" / "3"
   assert {p.relative_to(aside): p.read_bytes() for p in _files(aside)} == before  # untouched
   assert not (workdir / "checkpoints" / "3").exists() and ck.latest_step() == 2
-  [line] = [r.getMessage() for r in caplog.records]
+  # (Orbax's abandoned read tasks may add an asyncio record of their own.)
+  [line] = [r.getMessage() for r in caplog.records if r.name == "wsol_jax.checkpoint"]
   assert str(workdir / "checkpoints" / "3") in line and "cannot be restored" in line
   assert str(aside) in line and "\n" not in line
   # Training goes on: the next save of step 3 is a new checkpoint, the old one stays aside.

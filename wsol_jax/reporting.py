@@ -41,15 +41,24 @@ def _file_handlers() -> list[logging.Handler]:
           if isinstance(h, (logging.FileHandler, WorkdirLogHandler))]
 
 
+class _StderrHandler(logging.StreamHandler):
+  """Writes to whatever ``sys.stderr`` is when a record is emitted (not the stream of the
+  first call: a caller or test that redirects stderr later still sees the lines)."""
+
+  def emit(self, record: logging.LogRecord) -> None:
+    self.stream = sys.stderr
+    super().emit(record)
+
+
 def setup_logging(workdir: os.PathLike | None = None) -> None:
   """Logs INFO to stderr and, with a workdir, to ``workdir/train.log`` (``train.<p>.log``
   for process p > 0 of a multi-process run)."""
   root = logging.getLogger("wsol_jax")
   fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-  if not any(type(h) is logging.StreamHandler for h in root.handlers):
+  if not any(isinstance(h, _StderrHandler) for h in root.handlers):
     root.setLevel(logging.INFO)
     root.propagate = False
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler(sys.stderr)
     handler.setFormatter(fmt)
     root.addHandler(handler)
   for old in _file_handlers():
