@@ -1,6 +1,6 @@
 """One command on a GPU/TPU machine: is wsol_jax correct and fast here?
 
-    python benchmarks/accelerator_check.py                 # ~5-8 minutes on one GPU
+    python benchmarks/accelerator_check.py                 # sized for < 8 minutes on one GPU
     python benchmarks/accelerator_check.py --skip-tests --out check.json
     python benchmarks/accelerator_check.py --smoke         # tiny sizes: checks the script itself
 
